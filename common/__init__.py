@@ -1,0 +1,1 @@
+"""Pieces shared by the producer, the Spark jobs, the DAGs and the local stack."""

@@ -1,0 +1,42 @@
+"""Building the SparkSession every job uses (the wiring side; no transformations here)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from common.env import Env
+from jobs.spark_conf import lakehouse_spark_conf
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+def build_spark(app_name: str, env: Env | None = None, master: str | None = None) -> SparkSession:
+    """Return a SparkSession with Delta, S3A, the Kafka source, JDBC and UTC configured.
+
+    Under `spark-submit` the jars come from spark-defaults.conf (written by `make up`); when
+    run from plain Python they are passed here before the JVM starts. Secrets (the S3 key)
+    are set only in-process, never written to a file.
+    """
+    from pyspark.sql import SparkSession
+
+    env = env or Env()
+    builder = SparkSession.builder.appName(app_name)
+    if master:
+        builder = builder.master(master)
+    for key, value in lakehouse_spark_conf(env).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def jdbc_options(env: Env, table: str) -> dict[str, str]:
+    """Return Spark JDBC options for the pipeline's PostgreSQL writer role."""
+    host = env.get("POSTGRES_HOST", "127.0.0.1")
+    port = env.get("POSTGRES_PORT", "5432")
+    return {
+        "url": f"jdbc:postgresql://{host}:{port}/{env.get('POSTGRES_DB', 'iot')}",
+        "dbtable": table,
+        "user": env.get("PIPELINE_DB_USER", "iot_writer"),
+        "password": env.require("PIPELINE_DB_PASSWORD"),
+        "driver": "org.postgresql.Driver",
+    }

@@ -1,0 +1,83 @@
+"""The local stack: real Kafka, MinIO, PostgreSQL, Spark and Airflow on 127.0.0.1, no Docker.
+
+Usage (normally through make, which first builds the venv from requirements.lock):
+    make up        # = stack/bin/stackctl up      install what is missing, start, probe, initialise
+    make status    # = stack/bin/stackctl status  each service's state, port, URL and logins
+    make down      # = stack/bin/stackctl down    stop everything (data is kept)
+    make clean     # = stack/bin/stackctl clean   stop and delete all local data (caches kept)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from common.env import MissingSetting
+from stack import install, manager
+from stack.probes import NotReady
+from stack.settings import ensure_env_file, load_settings
+
+
+def _print_status(settings) -> None:
+    rows = manager.status(settings)
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in ("service", "state", "port", "pid")}
+    header = "  ".join(k.upper().ljust(widths[k]) for k in widths) + "  URL"
+    print(header)
+    for r in rows:
+        print("  ".join(r[k].ljust(widths[k]) for k in widths) + "  " + r["url"])
+    print()
+    for what, where in manager.credentials(settings).items():
+        print(f"{what + ':':18} {where}")
+    print(f"{'Logs:':18} {settings.log_dir}/<service>.log")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stack CLI; return the process exit status."""
+    parser = argparse.ArgumentParser(
+        prog="stackctl",
+        description="Run the project's real services as local processes under supervisord, "
+                    "all bound to 127.0.0.1. Configuration: .env (created from .env.example "
+                    "with random secrets on the first `up`).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("up", help="install what is missing, start every service, probe, initialise")
+    sub.add_parser("down", help="stop every service and supervisord; data is kept")
+    sub.add_parser("status", help="show each service's state, port and URL, and where the logins are")
+    sub.add_parser("clean", help="stop, then delete all local data (STACK_HOME); download caches stay")
+    sub.add_parser("sql", help="apply sql/*.sql again (idempotent)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+    try:
+        if args.command == "up":
+            for name in ensure_env_file():
+                logging.info("generated %s into .env", name)
+        settings = load_settings()
+        if args.command == "up":
+            timings = manager.up(settings)
+            logging.info("stack is up in %.1fs (%s)", timings["total"],
+                         ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total"))
+            _print_status(settings)
+        elif args.command == "down":
+            print("stopped" if manager.down(settings) else "nothing was running")
+        elif args.command == "status":
+            _print_status(settings)
+        elif args.command == "clean":
+            for path in manager.clean(settings):
+                print(f"deleted {path}")
+        elif args.command == "sql":
+            from stack.init import apply_sql
+
+            print("applied", ", ".join(apply_sql(settings)))
+    except (install.MissingPrerequisite, MissingSetting, NotReady) as exc:
+        print(f"stackctl {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""One-time and idempotent initialisation of the stack's services."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from stack.services import kafka_cluster_id, kafka_java_command
+from stack.settings import StackSettings
+
+log = logging.getLogger(__name__)
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def init_postgres_cluster(s: StackSettings, bindir: Path) -> bool:
+    """Create the data directory with initdb once; return True if it ran."""
+    data = s.pg_data
+    if (data / "PG_VERSION").exists():
+        return False
+    data.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+        shutil.chown(data.parent, "postgres", "postgres")
+    data.chmod(0o700)
+    with tempfile.NamedTemporaryFile("w", delete=False, dir=data.parent, prefix="pw") as fh:
+        fh.write(s.pg_superuser_password + "\n")
+    pwfile = Path(fh.name)
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, "postgres", "postgres")
+    try:
+        subprocess.run(
+            _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", s.pg_superuser,
+                          "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
+                          f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"]),
+            check=True, capture_output=True, text=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"initdb failed:\n{exc.stdout}\n{exc.stderr}") from None
+    finally:
+        pwfile.unlink()
+    return True
+
+
+def _connect(s: StackSettings, user: str, password: str, dbname: str = "postgres"):
+    import psycopg2
+
+    return psycopg2.connect(host=s.pg_host, port=s.pg_port, user=user, password=password,
+                            dbname=dbname, connect_timeout=3)
+
+
+def pg_ready(s: StackSettings) -> bool:
+    """Return whether the superuser can connect and run a query."""
+    with _connect(s, s.pg_superuser, s.pg_superuser_password) as conn, conn.cursor() as cur:
+        cur.execute("select 1")
+        return cur.fetchone() == (1,)
+
+
+def _ensure_role(cur, name: str, password: str) -> None:
+    from psycopg2 import sql
+
+    cur.execute("select 1 from pg_roles where rolname = %s", (name,))
+    verb = "alter" if cur.fetchone() else "create"
+    cur.execute(sql.SQL(verb + " role {} with login password {}").format(
+        sql.Identifier(name), sql.Literal(password)))
+
+
+def _ensure_database(cur, name: str, owner: str) -> None:
+    from psycopg2 import sql
+
+    cur.execute("select 1 from pg_database where datname = %s", (name,))
+    if not cur.fetchone():
+        cur.execute(sql.SQL("create database {} owner {}").format(sql.Identifier(name),
+                                                                 sql.Identifier(owner)))
+
+
+def init_postgres(s: StackSettings) -> list[str]:
+    """Create roles and databases, then apply sql/*.sql in order; return the files applied."""
+    conn = _connect(s, s.pg_superuser, s.pg_superuser_password)
+    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    try:
+        with conn.cursor() as cur:
+            _ensure_role(cur, s.pg_writer, s.pg_writer_password)
+            _ensure_role(cur, s.pg_bi, s.pg_bi_password)
+            _ensure_role(cur, s.airflow_db_user, s.airflow_db_password)
+            _ensure_database(cur, s.pg_db, s.pg_writer)
+            _ensure_database(cur, s.airflow_db, s.airflow_db_user)
+    finally:
+        conn.close()
+    return apply_sql(s)
+
+
+def apply_sql(s: StackSettings) -> list[str]:
+    """Apply every sql/NNN_*.sql file in order with psql (each file is idempotent)."""
+    psql = shutil.which("psql")
+    if not psql:
+        raise RuntimeError("`psql` not found: install Debian's postgresql-client")
+    files = sorted((s.repo / "sql").glob("[0-9][0-9][0-9]_*.sql"))
+    env = {**os.environ, "PGPASSWORD": s.pg_superuser_password, "PGCONNECT_TIMEOUT": "5"}
+    for path in files:
+        result = subprocess.run(
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", s.pg_host, "-p", str(s.pg_port),
+             "-U", s.pg_superuser, "-d", s.pg_db,
+             "-v", f"writer_role={s.pg_writer}", "-v", f"bi_role={s.pg_bi}", "-f", str(path)],
+            env=env, capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"applying {path.name} failed:\n{result.stderr}")
+    return [p.name for p in files]
+
+
+# ---- Kafka ---------------------------------------------------------------------------------
+
+def format_kafka_storage(s: StackSettings, java: str) -> bool:
+    """Format KRaft storage once (`kafka.tools.StorageTool format --standalone`)."""
+    data = s.home / "kafka" / "data"
+    if (data / "meta.properties").exists():
+        return False
+    cmd = kafka_java_command(s, java, [
+        "kafka.tools.StorageTool", "format", "--standalone", "-t", kafka_cluster_id(s),
+        "-c", str(s.run_dir / "kafka-server.properties")])
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
+    return True
+
+
+def kafka_ready(s: StackSettings) -> bool:
+    """Return whether the broker answers a metadata request."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=3000,
+                             client_id="stack-probe")
+    try:
+        admin.list_topics()
+        return True
+    finally:
+        admin.close()
+
+
+def init_kafka(s: StackSettings) -> bool:
+    """Create the pipeline topic with explicit partitions and retention; True if created."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, client_id="stack-init")
+    try:
+        if s.kafka_topic in admin.list_topics():
+            return False
+        retention_ms = str(s.kafka_retention_hours * 3600 * 1000)
+        admin.create_topics([NewTopic(
+            s.kafka_topic, num_partitions=s.kafka_partitions, replication_factor=1,
+            topic_configs={"retention.ms": retention_ms, "cleanup.policy": "delete"},
+        )])
+        return True
+    finally:
+        admin.close()
+
+
+# ---- MinIO ---------------------------------------------------------------------------------
+
+def bucket_policy(bucket: str) -> dict:
+    """Return the pipeline key's IAM policy: everything on `bucket`, nothing else."""
+    template = json.loads((Path(__file__).resolve().parent.parent / "minio" /
+                           "pipeline-policy.json").read_text())
+    return json.loads(json.dumps(template).replace("${BUCKET}", bucket))
+
+
+def _mc(s: StackSettings, *args: str) -> dict | list:
+    env = {**os.environ,
+           "MC_HOST_lakehouse": f"http://{s.minio_root_user}:{s.minio_root_password}"
+                                f"@127.0.0.1:{s.minio_port}",
+           "MC_CONFIG_DIR": str(s.run_dir / "mc")}
+    result = subprocess.run([str(s.gobin / "mc"), "--json", *args], env=env,
+                            capture_output=True, text=True)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0:
+        raise RuntimeError(f"mc {' '.join(args[:3])} failed: {result.stdout}{result.stderr}")
+    return lines[0] if len(lines) == 1 else lines
+
+
+def init_minio(s: StackSettings) -> None:
+    """Create the bucket, the bucket-scoped policy and the pipeline key (idempotent)."""
+    _mc(s, "mb", "--ignore-existing", f"lakehouse/{s.bucket}")
+    policy_name = f"{s.bucket}-readwrite"
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=s.run_dir, delete=False) as fh:
+        json.dump(bucket_policy(s.bucket), fh)
+    try:
+        _mc(s, "admin", "policy", "create", "lakehouse", policy_name, fh.name)
+    finally:
+        os.unlink(fh.name)
+    _mc(s, "admin", "user", "add", "lakehouse", s.s3_access_key, s.s3_secret_key)
+    info = _mc(s, "admin", "user", "info", "lakehouse", s.s3_access_key)
+    attached = info.get("policyName", "") if isinstance(info, dict) else ""
+    if policy_name not in attached.split(","):
+        _mc(s, "admin", "policy", "attach", "lakehouse", policy_name, "--user", s.s3_access_key)
+
+
+# ---- Airflow -------------------------------------------------------------------------------
+
+def migrate_airflow(s: StackSettings) -> None:
+    """Run `airflow db migrate` (idempotent) with the components' environment."""
+    from stack.services import airflow_env
+
+    result = subprocess.run([str(s.venv / "bin" / "airflow"), "db", "migrate"],
+                            env={**os.environ, **airflow_env(s)}, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

@@ -1,0 +1,254 @@
+"""Bring the local stack up and down, report its status, wipe its data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+import xmlrpc.client
+from pathlib import Path
+
+from stack import init, install
+from stack.probes import NotReady, airflow_health, http_ok, port_open, wait_for
+from stack.services import AIRFLOW_PROGRAMS, INFRA_PROGRAMS, render_all, services
+from stack.settings import StackSettings
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """A thin client of the stack's supervisord, over its unix socket."""
+
+    def __init__(self, s: StackSettings) -> None:
+        self.s = s
+        self.conf = s.run_dir / "supervisord.conf"
+
+    def _proxy(self) -> xmlrpc.client.ServerProxy:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, f"unix://{self.s.supervisor_socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def running(self) -> bool:
+        """Return whether our supervisord answers on its socket."""
+        if not self.s.supervisor_socket.exists():
+            return False
+        try:
+            return self._proxy().supervisor.getState()["statename"] == "RUNNING"
+        except (OSError, xmlrpc.client.Fault):
+            return False
+
+    def start_daemon(self) -> None:
+        """Start supervisord (it daemonizes) and wait until it answers."""
+        subprocess.run([str(self.s.venv / "bin" / "supervisord"), "-c", str(self.conf)], check=True)
+        wait_for("supervisord", self.running, 30)
+
+    def reload_config(self) -> None:
+        """Make a running supervisord pick up a regenerated config (changed programs restart)."""
+        proxy = self._proxy()
+        added, changed, removed = proxy.supervisor.reloadConfig()[0]
+        for name in removed + changed:
+            proxy.supervisor.stopProcessGroup(name)
+            proxy.supervisor.removeProcessGroup(name)
+        for name in added + changed:
+            proxy.supervisor.addProcessGroup(name)
+
+    def info(self, name: str) -> dict:
+        """Return supervisord's process info for program `name`."""
+        return self._proxy().supervisor.getProcessInfo(name)
+
+    def all_info(self) -> dict[str, dict]:
+        """Return process info of every program, by name."""
+        return {p["name"]: p for p in self._proxy().supervisor.getAllProcessInfo()}
+
+    def start(self, name: str) -> None:
+        """Start program `name` unless it already runs."""
+        if self.info(name)["statename"] in {"RUNNING", "STARTING"}:
+            return
+        try:
+            self._proxy().supervisor.startProcess(name, False)
+        except xmlrpc.client.Fault as fault:
+            raise RuntimeError(f"supervisord could not start {name}: {fault.faultString}\n"
+                               f"{self.tail(name)}") from None
+
+    def stop(self, name: str) -> None:
+        """Stop program `name` if it runs."""
+        if self.info(name)["statename"] in {"RUNNING", "STARTING", "BACKOFF"}:
+            self._proxy().supervisor.stopProcess(name, True)
+
+    def shutdown(self) -> None:
+        """Stop every program, then supervisord itself, waiting until it is gone."""
+        proxy = self._proxy()
+        proxy.supervisor.stopAllProcesses(True)
+        proxy.supervisor.shutdown()
+        wait_for("supervisord to exit", lambda: not self.running(), 60)
+
+    def tail(self, name: str, lines: int = 25) -> str:
+        """Return the last lines of a program's log, for error messages."""
+        path = self.s.log_dir / f"{name}.log"
+        if not path.exists():
+            return f"(no log at {path})"
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        return f"last lines of {path}:\n" + "\n".join("    " + t for t in text)
+
+    def alive_or_raise(self, name: str) -> None:
+        """Raise with the program's log when it has died (so a wait fails fast)."""
+        state = self.info(name)["statename"]
+        if state in {"FATAL", "EXITED", "BACKOFF", "STOPPED"}:
+            raise RuntimeError(f"{name} is {state}\n{self.tail(name)}")
+
+
+def _check_ports(s: StackSettings, sup: Supervisor | None) -> None:
+    """Fail naming the port and its variable when a service's port is taken by a stranger."""
+    owned = set()
+    if sup is not None:
+        owned = {n for n, p in sup.all_info().items() if p["statename"] in {"RUNNING", "STARTING"}}
+    variables = {
+        "postgres": "POSTGRES_PORT", "kafka": "KAFKA_PORT", "minio": "MINIO_PORT",
+        "minio-console": "MINIO_CONSOLE_PORT", "airflow-api-server": "AIRFLOW_PORT",
+    }
+    checks = [(svc.name, svc.port) for svc in services(s) if svc.port]
+    checks.append(("kafka", s.kafka_controller_port))
+    for name, port in checks:
+        program = "minio" if name == "minio-console" else name
+        if program in owned:
+            continue
+        if port_open("127.0.0.1", port):
+            variable = variables.get(name, "KAFKA_CONTROLLER_PORT")
+            raise install.MissingPrerequisite(
+                f"port {port} on 127.0.0.1 (for {name}) is already in use by another process. "
+                f"Stop that process (`ss -ltnp 'sport = :{port}'` shows it) or set {variable} "
+                "in .env to a free port."
+            )
+
+
+def _probe(sup: Supervisor, name: str, probe, timeout_s: float) -> float:
+    def ready() -> bool:
+        sup.alive_or_raise(name)
+        return probe()
+
+    try:
+        return wait_for(name, ready, timeout_s, on_fail=lambda: sup.tail(name))
+    except RuntimeError as exc:
+        raise NotReady(str(exc)) from None
+
+
+def up(s: StackSettings) -> dict[str, float]:
+    """Install what is missing, start every service, initialise it; return phase timings."""
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    java = install.check_java()
+    pg_bindir = install.postgres_bindir()
+    install.fetch_jars(s)
+    install.build_go_binaries(s)
+    timings["install"] = time.monotonic() - t0
+
+    render_all(s, java, pg_bindir)
+    init.init_postgres_cluster(s, pg_bindir)
+    init.format_kafka_storage(s, java)
+
+    sup = Supervisor(s)
+    if sup.running():
+        sup.reload_config()
+        _check_ports(s, sup)
+    else:
+        _check_ports(s, None)
+        sup.start_daemon()
+
+    t1 = time.monotonic()
+    for name in INFRA_PROGRAMS:
+        sup.start(name)
+    timings["postgres"] = _probe(sup, "postgres", lambda: init.pg_ready(s), 60)
+    timings["kafka"] = _probe(sup, "kafka", lambda: init.kafka_ready(s), 90)
+    timings["minio"] = _probe(
+        sup, "minio", lambda: http_ok(f"http://127.0.0.1:{s.minio_port}/minio/health/ready"), 60)
+    timings["infra_start"] = time.monotonic() - t1
+
+    t2 = time.monotonic()
+    init.init_postgres(s)
+    init.init_kafka(s)
+    init.init_minio(s)
+    init.migrate_airflow(s)
+    timings["init"] = time.monotonic() - t2
+
+    t3 = time.monotonic()
+    for name in AIRFLOW_PROGRAMS:
+        sup.start(name)
+    base = f"http://127.0.0.1:{s.airflow_port}"
+
+    def airflow_healthy() -> bool:
+        for name in AIRFLOW_PROGRAMS:
+            sup.alive_or_raise(name)
+        health = airflow_health(base)
+        return all(health.get(c) == "healthy" for c in ("metadatabase", "scheduler", "dag_processor",
+                                                          "triggerer"))
+
+    timings["airflow"] = wait_for("Airflow (api-server health of scheduler, dag-processor, triggerer)",
+                                  airflow_healthy, 180,
+                                  on_fail=lambda: "\n".join(sup.tail(n, 10) for n in AIRFLOW_PROGRAMS))
+    timings["airflow_start"] = time.monotonic() - t3
+    timings["total"] = time.monotonic() - t0
+    return timings
+
+
+def down(s: StackSettings) -> bool:
+    """Stop every service and supervisord; return False when nothing was running."""
+    sup = Supervisor(s)
+    if not sup.running():
+        return False
+    sup.shutdown()
+    return True
+
+
+def status(s: StackSettings) -> list[dict[str, str]]:
+    """Return one row per service: name, state, port, URL."""
+    sup = Supervisor(s)
+    infos = sup.all_info() if sup.running() else {}
+    rows = []
+    for svc in services(s):
+        program = "minio" if svc.name == "minio-console" else svc.name
+        info = infos.get(program)
+        state = info["statename"] if info else "DOWN"
+        if state == "RUNNING" and svc.port and not port_open("127.0.0.1", svc.port):
+            state = "STARTING"
+        rows.append({
+            "service": svc.name, "state": state, "port": str(svc.port or "-"),
+            "pid": str(info["pid"]) if info and info["pid"] else "-", "url": svc.url,
+        })
+    return rows
+
+
+def clean(s: StackSettings) -> list[Path]:
+    """Stop the stack and delete its data (STACK_HOME and PostgreSQL's data); keep caches."""
+    down(s)
+    targets = [s.home]
+    if not s.pg_data.is_relative_to(s.home):
+        targets.append(s.pg_data.parent)  # the /var/lib fallback used as root
+    removed = []
+    for path in targets:
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def credentials(s: StackSettings) -> dict[str, str]:
+    """Return where to log in, for `make status` (values come from .env)."""
+    return {
+        "Airflow UI": f"http://127.0.0.1:{s.airflow_port}  user {s.airflow_admin_user}, "
+                      f"password {s.airflow_admin_password}",
+        "MinIO console": f"http://127.0.0.1:{s.minio_console_port}  user {s.minio_root_user}, "
+                         "password MINIO_ROOT_PASSWORD in .env",
+        "Pipeline S3 key": f"{s.s3_access_key} (secret S3_SECRET_KEY in .env; bucket {s.bucket} only)",
+        "PostgreSQL": f"psql -h {s.pg_host} -p {s.pg_port} -U {s.pg_writer} {s.pg_db} "
+                      "(PIPELINE_DB_PASSWORD in .env); BI role "
+                      f"{s.pg_bi} (BI_DB_PASSWORD)",
+    }
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write `data` as indented JSON."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+

@@ -1,0 +1,31 @@
+"""The integration tiers share one running local stack; this starts it when it is down."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from common.env import Env
+from stack import manager
+from stack.settings import REPO_ROOT, StackSettings, ensure_env_file, load_settings
+
+REQUIRED = {"postgres", "kafka", "minio", "airflow-api-server", "airflow-scheduler",
+            "airflow-dag-processor", "airflow-triggerer"}
+
+
+@pytest.fixture(scope="session")
+def stack() -> StackSettings:
+    """Return the settings of a running stack, running `stackctl up` first if it is not up."""
+    ensure_env_file()
+    settings = load_settings()
+    states = {row["service"]: row["state"] for row in manager.status(settings)}
+    if any(states.get(name) != "RUNNING" for name in REQUIRED):
+        subprocess.run([str(REPO_ROOT / "stack" / "bin" / "stackctl"), "up"], check=True)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def env(stack) -> Env:
+    """Return the configuration the stack runs with (.env plus the environment)."""
+    return Env()

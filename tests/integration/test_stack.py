@@ -1,0 +1,255 @@
+"""The local stack's real services, each exercised the way the pipeline uses it.
+
+Every test works on names of its own (topic, bucket prefix, table) and removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import boto3
+import psycopg2
+import pytest
+from botocore.client import Config
+from botocore.exceptions import ClientError
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+
+from stack.probes import airflow_health
+from stack.services import airflow_env
+
+pytestmark = pytest.mark.integration
+
+
+# ---- Kafka -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def topic(stack, unique_name):
+    """Create a 3-partition topic of the test's own; delete it afterwards."""
+    name = unique_name("it-topic")
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    yield name
+    admin.delete_topics([name])
+    admin.close()
+
+
+def test_kafka_produce_and_consume(stack, topic):
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    sent = {f"key-{i}": f"value-{i}" for i in range(20)}
+    for key, value in sent.items():
+        producer.send(topic, key=key.encode(), value=value.encode())
+    producer.flush(timeout=30)
+    producer.close()
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=stack.kafka_bootstrap,
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=10_000)
+    received = {}
+    for record in consumer:
+        received[record.key.decode()] = record.value.decode()
+        if len(received) == len(sent):
+            break
+    consumer.close()
+    assert received == sent
+
+
+def test_pipeline_topic_has_explicit_partitions_and_retention(stack):
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    try:
+        described = admin.describe_topics([stack.kafka_topic])[0]
+        assert len(described["partitions"]) == stack.kafka_partitions
+        from kafka.admin import ConfigResource, ConfigResourceType
+
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, stack.kafka_topic)])
+        entries = configs["topic"][stack.kafka_topic]
+        assert entries["retention.ms"]["value"] == str(stack.kafka_retention_hours * 3600 * 1000)
+        assert entries["cleanup.policy"]["value"] == "delete"
+    finally:
+        admin.close()
+
+
+# ---- object store ----------------------------------------------------------------------------
+
+def _s3(stack, access_key, secret_key):
+    return boto3.client(
+        "s3", endpoint_url=stack.s3_endpoint, region_name=stack.s3_region,
+        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+    )
+
+
+def test_object_store_pipeline_key_reads_and_writes_its_bucket(stack, unique_name):
+    s3 = _s3(stack, stack.s3_access_key, stack.s3_secret_key)
+    prefix = f"tests/{unique_name('s3')}/"
+    keys = [f"{prefix}obj-{i}.json" for i in range(3)]
+    try:
+        for i, key in enumerate(keys):
+            s3.put_object(Bucket=stack.bucket, Key=key, Body=json.dumps({"i": i}).encode())
+        assert json.loads(s3.get_object(Bucket=stack.bucket, Key=keys[1])["Body"].read()) == {"i": 1}
+        listed = s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix)
+        assert sorted(o["Key"] for o in listed["Contents"]) == keys
+    finally:
+        for key in keys:
+            s3.delete_object(Bucket=stack.bucket, Key=key)
+    assert s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix)["KeyCount"] == 0
+
+
+def test_object_store_pipeline_key_is_denied_outside_its_bucket(stack, unique_name):
+    root = _s3(stack, stack.minio_root_user, stack.minio_root_password)
+    other = unique_name("other").replace("_", "-")
+    root.create_bucket(Bucket=other)
+    try:
+        s3 = _s3(stack, stack.s3_access_key, stack.s3_secret_key)
+        with pytest.raises(ClientError) as put_err:
+            s3.put_object(Bucket=other, Key="x", Body=b"x")
+        assert put_err.value.response["Error"]["Code"] == "AccessDenied"
+        with pytest.raises(ClientError) as list_err:
+            s3.list_objects_v2(Bucket=other)
+        assert list_err.value.response["Error"]["Code"] == "AccessDenied"
+        with pytest.raises(ClientError) as create_err:
+            s3.create_bucket(Bucket=unique_name("nope").replace("_", "-"))
+        assert create_err.value.response["Error"]["Code"] == "AccessDenied"
+    finally:
+        root.delete_bucket(Bucket=other)
+
+
+# ---- PostgreSQL ------------------------------------------------------------------------------
+
+def _pg(stack, user, password):
+    conn = psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=stack.pg_db,
+                            user=user, password=password, connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture
+def mart_table(stack, unique_name):
+    """A table the writer creates in the marts schema (which the BI role may read)."""
+    name = f"marts.{unique_name('it')}"
+    writer = _pg(stack, stack.pg_writer, stack.pg_writer_password)
+    with writer.cursor() as cur:
+        cur.execute(f"create table {name} (id int primary key, reading_c numeric)")
+    yield name, writer
+    with writer.cursor() as cur:
+        cur.execute(f"drop table {name}")
+    writer.close()
+
+
+def test_postgres_writer_inserts_and_bi_role_only_reads(stack, mart_table):
+    name, writer = mart_table
+    with writer.cursor() as cur:
+        cur.execute(f"insert into {name} values (1, 21.5), (2, 22.5)")
+    bi = _pg(stack, stack.pg_bi, stack.pg_bi_password)
+    try:
+        with bi.cursor() as cur:
+            cur.execute(f"select id, reading_c from {name} order by id")
+            assert [(r[0], float(r[1])) for r in cur.fetchall()] == [(1, 21.5), (2, 22.5)]
+            for statement in (f"insert into {name} values (3, 1)",
+                              f"update {name} set reading_c = 0",
+                              f"delete from {name}"):
+                with pytest.raises(psycopg2.Error) as err:
+                    cur.execute(statement)
+                # read-only transaction (25006) or permission denied (42501)
+                assert err.value.pgcode in {"25006", "42501"}, statement
+            # Even with the read-only default switched off, privileges refuse the write.
+            cur.execute("set default_transaction_read_only = off")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(f"insert into {name} values (3, 1)")
+    finally:
+        bi.close()
+    with writer.cursor() as cur:
+        cur.execute(f"select count(*) from {name}")
+        assert cur.fetchone() == (2,)
+
+
+def test_postgres_bi_role_cannot_read_the_pipeline_schema(stack):
+    bi = _pg(stack, stack.pg_bi, stack.pg_bi_password)
+    try:
+        with bi.cursor() as cur:
+            cur.execute("set default_transaction_read_only = off")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("create table iot.should_not_exist (id int)")
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("select * from pg_catalog.pg_class, iot.none_such")
+    finally:
+        bi.close()
+
+
+# ---- Spark -----------------------------------------------------------------------------------
+
+def test_spark_submit_reaches_delta_on_s3_kafka_and_jdbc(stack, topic, mart_table, unique_name):
+    name, writer = mart_table
+    with writer.cursor() as cur:
+        cur.execute(f"drop table {name}")  # Spark's JDBC writer creates it
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    for i in range(3):
+        producer.send(topic, value=f"m{i}".encode())
+    producer.flush(timeout=30)
+    producer.close()
+
+    prefix = f"tests/{unique_name('spark')}"
+    delta_path = f"s3a://{stack.bucket}/{prefix}/delta"
+    env = {**os.environ, **airflow_env(stack)}
+    result = subprocess.run(
+        [str(stack.venv / "bin" / "spark-submit"), "--master", "local[2]",
+         str(stack.repo / "jobs" / "stack_check.py"),
+         "--delta-path", delta_path, "--topic", topic, "--jdbc-table", name],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    try:
+        assert result.returncode == 0, result.stderr[-4000:]
+        line = next(x for x in result.stdout.splitlines() if x.startswith("STACK_CHECK "))
+        seen = json.loads(line.removeprefix("STACK_CHECK "))
+        assert seen["delta_ids"] == [1, 2, 3, 4, 5]
+        assert seen["kafka_values"] == ["m0", "m1", "m2"]
+        assert seen["session_time_zone"] == "UTC"
+        assert seen["spark_version"] == "4.2.0"
+        with writer.cursor() as cur:
+            cur.execute(f"select id, name from {name} order by id")
+            assert cur.fetchall() == [(i, f"row-{i}") for i in range(1, 6)]
+    finally:
+        s3 = _s3(stack, stack.s3_access_key, stack.s3_secret_key)
+        listed = s3.list_objects_v2(Bucket=stack.bucket, Prefix=prefix + "/")
+        for obj in listed.get("Contents", []):
+            s3.delete_object(Bucket=stack.bucket, Key=obj["Key"])
+        with writer.cursor() as cur:
+            cur.execute(f"create table if not exists {name} (id int)")  # the fixture drops it
+
+
+# ---- Airflow ---------------------------------------------------------------------------------
+
+def test_airflow_dagbag_has_no_import_errors(stack):
+    code = (
+        "import json; from airflow.dag_processing.dagbag import DagBag; "
+        "b = DagBag(); "
+        "print(json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()}, "
+        "'dags': sorted(b.dag_ids)}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **airflow_env(stack)},
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bag = json.loads(result.stdout.strip().splitlines()[-1])
+    assert bag["errors"] == {}
+
+
+def test_airflow_api_reports_components_healthy(stack):
+    health = airflow_health(f"http://127.0.0.1:{stack.airflow_port}")
+    assert health["metadatabase"] == "healthy"
+    assert health["scheduler"] == "healthy"
+    assert health["dag_processor"] == "healthy"
+    assert health["triggerer"] == "healthy"
+
+
+def test_airflow_admin_login_from_env_gets_a_token(stack):
+    body = json.dumps({"username": stack.airflow_admin_user,
+                       "password": stack.airflow_admin_password}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{stack.airflow_port}/auth/token", data=body,
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status in {200, 201}
+        assert json.loads(resp.read())["access_token"]

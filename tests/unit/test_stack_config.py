@@ -1,0 +1,153 @@
+"""The local stack's configuration logic, without starting anything."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from common.env import Env, MissingSetting, parse_env_file
+from jobs.spark_conf import lakehouse_spark_conf, render_spark_defaults
+from stack import init
+from stack.services import airflow_env, kafka_properties, supervisord_conf
+from stack.settings import GENERATED_SECRETS, ensure_env_file, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_env_file_parsing_handles_quotes_comments_and_export(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("# comment\n\nA=1\nexport B='two words'\nC=\"x=y\"\nD=\n")
+    assert parse_env_file(path) == {"A": "1", "B": "two words", "C": "x=y", "D": ""}
+
+
+def test_env_file_parsing_names_the_bad_line(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("A=1\nthis is not an assignment\n")
+    with pytest.raises(ValueError, match=r"\.env:2: expected KEY=value"):
+        parse_env_file(path)
+
+
+def test_missing_secret_names_the_variable():
+    with pytest.raises(MissingSetting, match="S3_SECRET_KEY is not set"):
+        Env({"S3_SECRET_KEY": ""}).require("S3_SECRET_KEY")
+
+
+def test_bad_integer_names_the_variable():
+    with pytest.raises(ValueError, match="KAFKA_PORT must be an integer, got 'abc'"):
+        Env({"KAFKA_PORT": "abc"}).get_int("KAFKA_PORT", 9092)
+
+
+def test_first_run_generates_every_secret_and_keeps_other_values(tmp_path):
+    env_file = tmp_path / ".env"
+    written = ensure_env_file(env_file, REPO / ".env.example")
+    assert sorted(written) == sorted(GENERATED_SECRETS)
+    values = parse_env_file(env_file)
+    example = parse_env_file(REPO / ".env.example")
+    for key in GENERATED_SECRETS:
+        assert example[key] == "", f"{key} must be empty in .env.example"
+        assert len(values[key]) >= 40
+    assert {k: v for k, v in values.items() if k not in GENERATED_SECRETS} == {
+        k: v for k, v in example.items() if k not in GENERATED_SECRETS}
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    # A second run changes nothing.
+    before = env_file.read_text()
+    assert ensure_env_file(env_file, REPO / ".env.example") == []
+    assert env_file.read_text() == before
+
+
+def test_every_variable_the_code_reads_is_documented_in_env_example():
+    example = parse_env_file(REPO / ".env.example")
+    code = "\n".join(p.read_text() for folder in ("stack", "jobs", "common", "producer", "dags")
+                     for p in (REPO / folder).rglob("*.py"))
+    import re
+
+    read = set(re.findall(r'env\.(?:get|require|get_int|get_float|get_bool)\(\s*"([A-Z0-9_]+)"', code))
+    undocumented = read - set(example) - {"PYSPARK_PYTHON", "SPARK_JARS_DIR", "SPARK_SHUFFLE_PARTITIONS"}
+    assert undocumented == set()
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    env_file = tmp_path / ".env"
+    ensure_env_file(env_file, REPO / ".env.example")
+    values = parse_env_file(env_file) | {"STACK_HOME": str(tmp_path / "home"),
+                                         "IOT_CACHE_DIR": str(tmp_path / "cache")}
+    return load_settings(Env(values))
+
+
+def test_kafka_listens_on_loopback_with_kraft_roles(settings):
+    props = dict(line.split("=", 1) for line in kafka_properties(settings).splitlines()
+                 if line and not line.startswith("#"))
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["auto.create.topics.enable"] == "false"
+    assert props["offsets.topic.replication.factor"] == "1"
+
+
+def test_supervisord_programs_do_not_autostart_and_bind_loopback(settings):
+    conf = supervisord_conf(settings, "/usr/bin/java", Path("/usr/lib/postgresql/15/bin"))
+    programs = [line for line in conf.splitlines() if line.startswith("[program:")]
+    assert programs == ["[program:postgres]", "[program:kafka]", "[program:minio]",
+                        "[program:airflow-api-server]", "[program:airflow-scheduler]",
+                        "[program:airflow-dag-processor]", "[program:airflow-triggerer]"]
+    assert conf.count("autostart=false") == 7
+    assert "listen_addresses=127.0.0.1" in conf
+    assert "--address 127.0.0.1:9000 --console-address 127.0.0.1:9001" in conf
+    # secrets live in mode-600 env files, not in the supervisord config
+    assert settings.minio_root_password not in conf
+    assert settings.airflow_db_password not in conf
+
+
+def test_airflow_env_sizes_for_two_cores_and_takes_connections_from_env(settings):
+    env = airflow_env(settings)
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "4"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert json.loads(env["AIRFLOW_CONN_SPARK_LAKEHOUSE"]) == {"conn_type": "spark", "host": "local[2]"}
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+
+
+def test_pipeline_policy_covers_only_its_bucket():
+    policy = init.bucket_policy("lakehouse")
+    resources = {r for stmt in policy["Statement"] for r in stmt["Resource"]}
+    assert resources == {"arn:aws:s3:::lakehouse", "arn:aws:s3:::lakehouse/*"}
+    actions = {a for stmt in policy["Statement"] for a in stmt["Action"]}
+    assert not any(a in {"s3:*", "admin:*", "s3:CreateBucket", "s3:DeleteBucket"} for a in actions)
+
+
+def test_spark_defaults_never_holds_a_secret(tmp_path):
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "delta-spark_4.2_2.13-4.4.0.jar").write_bytes(b"")
+    env = Env({"SPARK_JARS_DIR": str(jars), "S3_ACCESS_KEY": "k", "S3_SECRET_KEY": "s3cr3t"})
+    with_secrets = lakehouse_spark_conf(env)
+    assert with_secrets["spark.hadoop.fs.s3a.secret.key"] == "s3cr3t"
+    assert with_secrets["spark.sql.session.timeZone"] == "UTC"
+    with pytest.raises(ValueError, match="refusing to write secrets"):
+        render_spark_defaults(with_secrets)
+    text = render_spark_defaults(lakehouse_spark_conf(env, include_secrets=False))
+    assert "s3cr3t" not in text
+    assert "spark.sql.extensions io.delta.sql.DeltaSparkSessionExtension" in text
+
+
+def test_missing_jars_name_the_fix(tmp_path):
+    env = Env({"SPARK_JARS_DIR": str(tmp_path), "S3_ACCESS_KEY": "k", "S3_SECRET_KEY": "s"})
+    with pytest.raises(FileNotFoundError, match="run `make up`"):
+        lakehouse_spark_conf(env)
+
+
+def test_long_stack_home_moves_supervisor_socket_to_tmp(settings):
+    deep = dataclasses.replace(settings, home=Path("/" + "d" * 120))
+    assert str(deep.supervisor_socket).startswith("/tmp/iot-lakehouse-")
+    assert len(str(deep.supervisor_socket)) < 100
+
+
+def test_stackctl_help_lists_every_command():
+    out = subprocess.run([str(REPO / "stack" / "bin" / "stackctl"), "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for command in ("up", "down", "status", "clean", "sql"):
+        assert f"    {command}" in out
