@@ -18,6 +18,8 @@ from stack import install, manager
 from stack.probes import NotReady
 from stack.settings import ensure_env_file, load_settings
 
+log = logging.getLogger("stackctl")
+
 
 def _print_status(settings) -> None:
     rows = manager.status(settings)
@@ -55,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             for name in ensure_env_file():
-                logging.info("generated %s into .env", name)
+                log.info("generated %s into .env", name)
         settings = load_settings()
         if args.command == "up":
             timings = manager.up(settings)
-            logging.info("stack is up in %.1fs (%s)", timings["total"],
+            log.info("stack is up in %.1fs (%s)", timings["total"],
                          ", ".join(f"{k} {v:.1f}s" for k, v in timings.items() if k != "total"))
             _print_status(settings)
         elif args.command == "down":

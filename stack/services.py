@@ -10,8 +10,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.spark_conf import lakehouse_spark_conf, render_spark_defaults
 from common.env import Env
+from jobs.spark_conf import lakehouse_spark_conf, render_spark_defaults
 from stack.settings import StackSettings
 
 

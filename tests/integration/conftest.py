@@ -29,3 +29,8 @@ def stack() -> StackSettings:
 def env(stack) -> Env:
     """Return the configuration the stack runs with (.env plus the environment)."""
     return Env()
+
+
+def pytest_collection_modifyitems(items):
+    """Run the tests that restart the shared stack after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_stack") is not None)

@@ -1,0 +1,1 @@
+"""The simulated IoT sensor fleet that publishes readings to Kafka."""

@@ -1,0 +1,81 @@
+"""`make up` twice is harmless, and data survives `make down` / `make up`.
+
+Runs last in the integration tier (see conftest.py): it stops and restarts the shared stack.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import boto3
+import psycopg2
+import pytest
+from botocore.client import Config
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from stack import manager
+
+pytestmark = [pytest.mark.integration, pytest.mark.restarts_stack]
+
+
+def _stackctl(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(stack.repo / "stack" / "bin" / "stackctl"), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_second_up_is_harmless_and_data_survives_down_and_up(stack, unique_name):
+    topic, table = unique_name("life"), f"marts.{unique_name('life')}"
+    key = f"tests/{unique_name('life')}.txt"
+    s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name=stack.s3_region,
+                      aws_access_key_id=stack.s3_access_key, aws_secret_access_key=stack.s3_secret_key,
+                      config=Config(s3={"addressing_style": "path"}))
+
+    def pg():
+        conn = psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=stack.pg_db,
+                                user=stack.pg_writer, password=stack.pg_writer_password)
+        conn.autocommit = True
+        return conn
+
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    producer.send(topic, b"survives").get(timeout=30)
+    producer.close()
+    with pg() as conn, conn.cursor() as cur:
+        cur.execute(f"create table {table} (note text)")
+        cur.execute(f"insert into {table} values ('survives')")
+    s3.put_object(Bucket=stack.bucket, Key=key, Body=b"survives")
+    try:
+        pids = {r["service"]: r["pid"] for r in manager.status(stack)}
+        again = _stackctl(stack, "up")
+        assert again.returncode == 0, again.stderr[-3000:]
+        # nothing was restarted by the second `up`
+        assert {r["service"]: r["pid"] for r in manager.status(stack)} == pids
+
+        down = _stackctl(stack, "down")
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert {r["state"] for r in manager.status(stack)} == {"DOWN"}
+        up = _stackctl(stack, "up")
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert {r["state"] for r in manager.status(stack)} == {"RUNNING"}
+
+        with pg() as conn, conn.cursor() as cur:
+            cur.execute(f"select note from {table}")
+            assert cur.fetchall() == [("survives",)]
+        assert s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read() == b"survives"
+        consumer = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        records = consumer.poll(timeout_ms=10_000, max_records=10)
+        consumer.close()
+        assert [r.value for r in records.get(tp, [])] == [b"survives"]
+    finally:
+        s3.delete_object(Bucket=stack.bucket, Key=key)
+        with pg() as conn, conn.cursor() as cur:
+            cur.execute(f"drop table if exists {table}")
+        admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        admin.delete_topics([topic])
+        admin.close()
