@@ -12,7 +12,7 @@ from pathlib import Path
 
 from stack import init, install
 from stack.probes import NotReady, airflow_health, http_ok, port_open, wait_for
-from stack.services import AIRFLOW_PROGRAMS, INFRA_PROGRAMS, render_all, services
+from stack.services import AIRFLOW_PROGRAMS, INFRA_PROGRAMS, PIPELINE_PROGRAMS, render_all, services
 from stack.settings import StackSettings
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,10 @@ def up(s: StackSettings) -> dict[str, float]:
                                   airflow_healthy, 180,
                                   on_fail=lambda: "\n".join(sup.tail(n, 10) for n in AIRFLOW_PROGRAMS))
     timings["airflow_start"] = time.monotonic() - t3
+
+    for name in PIPELINE_PROGRAMS:
+        sup.start(name)
+    _probe(sup, "producer", lambda: sup.info("producer")["statename"] == "RUNNING", 30)
     timings["total"] = time.monotonic() - t0
     return timings
 

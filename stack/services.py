@@ -36,11 +36,13 @@ def services(s: StackSettings) -> list[Service]:
         Service("airflow-scheduler", 0),
         Service("airflow-dag-processor", 0),
         Service("airflow-triggerer", 0),
+        Service("producer", 0, f"{s.producer_rate:g} events/s to {s.kafka_topic}"),
     ]
 
 
 INFRA_PROGRAMS = ("postgres", "kafka", "minio")
 AIRFLOW_PROGRAMS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
+PIPELINE_PROGRAMS = ("producer",)
 
 
 def _quote_env(values: dict[str, str]) -> str:
@@ -160,6 +162,19 @@ def airflow_env(s: StackSettings) -> dict[str, str]:
     }
 
 
+def pipeline_env(s: StackSettings) -> dict[str, str]:
+    """Return the environment of the pipeline's own processes (producer, ad hoc jobs)."""
+    return {
+        "PATH": f"{s.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PYTHONPATH": str(s.repo),
+        "IOT_ENV_FILE": str(s.repo / ".env"),
+        "SPARK_CONF_DIR": str(s.spark_conf_dir),
+        "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap,
+        "KAFKA_TOPIC": s.kafka_topic,
+    }
+
+
 # ---- rendering -----------------------------------------------------------------------------
 
 def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
@@ -175,6 +190,7 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
         "MINIO_BROWSER": "on",
     }))
     write_private(s.run_dir / "airflow.env", _quote_env(airflow_env(s)))
+    write_private(s.run_dir / "pipeline.env", _quote_env(pipeline_env(s)))
     write_private(
         s.airflow_home / "passwords.json", json.dumps({s.airflow_admin_user: s.airflow_admin_password})
     )
@@ -214,6 +230,15 @@ def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
                 str(s.home / "minio" / "data"),
             ]),
         },
+    }
+    # A fresh random fleet id on every start: a restarted producer must not reuse
+    # (sensor_id, seq) pairs of its previous life.
+    programs["producer"] = {
+        "command": f"{with_env} {s.run_dir / 'pipeline.env'} {s.venv / 'bin' / 'python'} -m producer "
+                   f"--rate {s.producer_rate:g} --sensors {s.producer_sensors} "
+                   f"--bad-rate {s.producer_bad_rate:g} --stats-interval 60",
+        "stopsignal": "TERM",
+        "stopwaitsecs": "90",
     }
     airflow = f"{with_env} {s.run_dir / 'airflow.env'} {s.venv / 'bin' / 'airflow'}"
     for prog in AIRFLOW_PROGRAMS:

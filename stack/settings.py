@@ -114,6 +114,9 @@ class StackSettings:
     airflow_fernet_key: str
     spark_master: str
     spark_driver_memory: str
+    producer_rate: float
+    producer_sensors: int
+    producer_bad_rate: float
 
     # ---- derived paths -------------------------------------------------------------
     @property
@@ -226,4 +229,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         airflow_fernet_key=env.require("AIRFLOW_FERNET_KEY", "run `make up` to generate it"),
         spark_master=env.get("SPARK_MASTER", "local[2]"),
         spark_driver_memory=env.get("SPARK_DRIVER_MEMORY", "1g"),
+        producer_rate=env.get_float("PRODUCER_RATE", 50.0),
+        producer_sensors=env.get_int("PRODUCER_SENSORS", 50),
+        producer_bad_rate=env.get_float("PRODUCER_BAD_RATE", 0.005),
     )

@@ -93,8 +93,9 @@ def test_supervisord_programs_do_not_autostart_and_bind_loopback(settings):
     programs = [line for line in conf.splitlines() if line.startswith("[program:")]
     assert programs == ["[program:postgres]", "[program:kafka]", "[program:minio]",
                         "[program:airflow-api-server]", "[program:airflow-scheduler]",
+                        "[program:producer]", "[program:airflow-api-server]", "[program:airflow-scheduler]",
                         "[program:airflow-dag-processor]", "[program:airflow-triggerer]"]
-    assert conf.count("autostart=false") == 7
+    assert conf.count("autostart=false") == 8
     assert "listen_addresses=127.0.0.1" in conf
     assert "--address 127.0.0.1:9000 --console-address 127.0.0.1:9001" in conf
     # secrets live in mode-600 env files, not in the supervisord config

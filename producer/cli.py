@@ -1,0 +1,288 @@
+"""Command line of the sensor simulator.
+
+    python -m producer --rate 500 --duration 60            # 500 readings/s for a minute
+    python -m producer --count 10000 --seed 7 --bad-rate 0.05
+    python -m producer --rate 0 --count 200000             # as fast as possible
+    python -m producer --start-time 2026-11-20T00:00:00Z --rate 10 --count 36000
+                                                           # 1 h of history, sent unpaced
+    python -m producer --dry-run --count 5 --seed 1        # print events, no Kafka
+    python -m producer --describe-fleet --sensors 8        # the sensors' metadata (Faker)
+
+Exit status: 0 when every record was acknowledged, 1 when any delivery failed or a flush
+timed out, 2 for bad arguments or an unreachable broker. SIGTERM and SIGINT stop the loop,
+flush what is queued, then exit with that status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+
+from common.env import Env
+from producer.bad_events import BAD_CATEGORIES
+from producer.simulation import AnomalyRates, Fleet
+from producer.sinks import EventSink, KafkaSink, MemorySink, SinkUnavailable, StdoutSink
+from producer.stream import VALID, EventStream
+
+log = logging.getLogger("producer")
+
+
+def _non_negative_float(name: str):
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {raw!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {raw!r}")
+        return value
+    return parse
+
+
+def _fraction(name: str):
+    def parse(raw: str) -> float:
+        value = _non_negative_float(name)(raw)
+        if value > 1:
+            raise argparse.ArgumentTypeError(f"{name} must be within [0, 1], got {raw!r}")
+        return value
+    return parse
+
+
+def _positive_int(name: str):
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {raw!r}")
+        return value
+    return parse
+
+
+def _categories(raw: str) -> tuple[str, ...]:
+    names = tuple(c.strip() for c in raw.split(",") if c.strip())
+    unknown = [c for c in names if c not in BAD_CATEGORIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"--bad-categories: unknown {unknown or raw!r}; choose from {', '.join(BAD_CATEGORIES)}")
+    return names
+
+
+def _start_time(raw: str) -> float:
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--start-time must be ISO-8601 like 2026-11-20T00:00:00Z, got {raw!r}") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--start-time needs a UTC offset (e.g. Z), got {raw!r}")
+    return parsed.astimezone(UTC).timestamp()
+
+
+def build_parser(env: Env) -> argparse.ArgumentParser:
+    """Return the argument parser; defaults come from the environment / .env."""
+    p = argparse.ArgumentParser(
+        prog="python -m producer",
+        description="Simulate a fleet of IoT sensors and publish their readings (event "
+                    "contract v1, JSON, key = sensor_id) to Kafka with acks=all and idempotence.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    g = p.add_argument_group("how much")
+    g.add_argument("--rate", type=_non_negative_float("--rate"),
+                   default=env.get_float("PRODUCER_RATE", 100.0),
+                   help="events per second, evenly paced; 0 = as fast as possible "
+                        "(default: PRODUCER_RATE or 100)")
+    stop = g.add_mutually_exclusive_group()
+    stop.add_argument("--count", type=_positive_int("--count"),
+                      help="stop after this many events (valid + bad); shows a progress bar")
+    stop.add_argument("--duration", type=_non_negative_float("--duration"),
+                      help="stop after this many seconds; shows a progress bar")
+    g.add_argument("--start-time", type=_start_time, metavar="ISO8601",
+                   help="simulate history: event_time = START + i/rate (needs --rate > 0), "
+                        "sent as fast as possible instead of paced")
+
+    g = p.add_argument_group("the fleet")
+    g.add_argument("--sensors", type=_positive_int("--sensors"),
+                   default=env.get_int("PRODUCER_SENSORS", 50),
+                   help="fleet size; sensors are spread over the 8 cities (default: PRODUCER_SENSORS or 50)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed of every random choice: the same seed gives the same events "
+                        "(default: random)")
+    g.add_argument("--fleet-id", default=None,
+                   help="prefix of this process's sensor ids (<fleet-id>-s0000...). Several "
+                        "producers need distinct ids so (sensor_id, seq) never collides "
+                        "(default: f<seed> with --seed, else random)")
+    g.add_argument("--spike-rate", type=_fraction("--spike-rate"), default=0.001,
+                   help="per-reading chance a heat spike starts (+12..22 °C, 1-5 readings)")
+    g.add_argument("--stuck-rate", type=_fraction("--stuck-rate"), default=0.0005,
+                   help="per-reading chance a sensor gets stuck (repeats 10-60 readings)")
+    g.add_argument("--dropout-rate", type=_fraction("--dropout-rate"), default=0.0005,
+                   help="per-reading chance a sensor drops out for 10-120 turns")
+    g.add_argument("--describe-fleet", action="store_true",
+                   help="print each sensor's metadata (serial, model, install date, "
+                        "coordinates) as JSON lines and exit")
+
+    g = p.add_argument_group("bad events (to exercise the pipeline)")
+    g.add_argument("--bad-rate", type=_fraction("--bad-rate"),
+                   default=env.get_float("PRODUCER_BAD_RATE", 0.0),
+                   help="fraction of events replaced by a bad one (default: PRODUCER_BAD_RATE or 0)")
+    g.add_argument("--bad-categories", type=_categories, default=BAD_CATEGORIES, metavar="LIST",
+                   help="comma-separated categories to draw from (default: all): "
+                        + ", ".join(BAD_CATEGORIES))
+
+    g = p.add_argument_group("Kafka")
+    g.add_argument("--topic", default=env.get("KAFKA_TOPIC", "iot.sensor-readings"),
+                   help="topic (default: KAFKA_TOPIC or iot.sensor-readings)")
+    g.add_argument("--bootstrap-servers", default=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+                   help="host:port[,...] (default: KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
+    g.add_argument("--linger-ms", type=int, default=20, help="producer linger.ms (default 20)")
+    g.add_argument("--batch-size", type=int, default=256 * 1024, help="producer batch.size in bytes")
+    g.add_argument("--compression", choices=("lz4", "zstd", "gzip", "none"), default="lz4",
+                   help="compression codec (default lz4)")
+    g.add_argument("--flush-timeout", type=_non_negative_float("--flush-timeout"), default=60.0,
+                   help="seconds to wait for queued records at exit (default 60)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="write events to stdout, one per line, instead of Kafka")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--stats-interval", type=_non_negative_float("--stats-interval"), default=10.0,
+                   help="seconds between one-line stats logs of unbounded runs (default 10)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar for bounded runs")
+    return p
+
+
+class Stopper:
+    """Turns SIGTERM/SIGINT into a flag the send loop checks."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum, _frame) -> None:
+        self.signal = signum
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT."""
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+
+def run(args: argparse.Namespace, sink: EventSink, stream: EventStream, stopper: Stopper) -> dict:
+    """Send records until the count, duration or a signal stops it; return the summary."""
+    bounded = args.count is not None or args.duration is not None
+    simulated = args.start_time is not None
+    progress = None
+    if bounded and not args.no_progress and not args.dry_run:
+        from tqdm import tqdm
+
+        progress = tqdm(total=args.count or args.duration, unit=" ev" if args.count else " s",
+                        mininterval=1.0, file=sys.stderr, dynamic_ncols=True)
+    interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    t0 = time.monotonic()
+    wall0 = time.time()
+    last_stats, last_sent, last_progress = t0, 0, 0.0
+    i = 0
+    fatal = None
+    while stopper.signal is None:
+        now = time.monotonic()
+        elapsed = now - t0
+        if args.count is not None and i >= args.count:
+            break
+        if args.duration is not None and elapsed >= args.duration:
+            break
+        if interval and not simulated:
+            due = i * interval
+            if due > elapsed + 0.002:
+                time.sleep(due - elapsed)  # pacing to --rate, not waiting for a condition
+                continue
+        ts = args.start_time + i * interval if simulated else wall0 + (now - t0)
+        record = stream.next_record(ts)
+        try:
+            sink.send(record.key, record.value)
+        except SinkUnavailable as exc:
+            log.error("stopping: %s", exc)
+            fatal = str(exc)
+            break
+        i += 1
+        if progress is not None and (i & 1023) == 0:
+            done = i if args.count else min(elapsed, args.duration)
+            progress.update(done - last_progress)
+            last_progress = done
+        if not bounded and args.stats_interval and now - last_stats >= args.stats_interval:
+            log.info("sent=%d (%.0f/s) acked=%d failed=%d bad=%d", sink.sent,
+                     (sink.sent - last_sent) / (now - last_stats), sink.acked, sink.failed,
+                     sum(v for k, v in stream.counts.items() if k != VALID))
+            last_stats, last_sent = now, sink.sent
+    if progress is not None:
+        progress.update((i if args.count else min(time.monotonic() - t0, args.duration)) - last_progress)
+        progress.close()
+    send_s = time.monotonic() - t0
+    flushed = sink.flush(args.flush_timeout)
+    total_s = time.monotonic() - t0
+    return {
+        "sent": sink.sent, "acked": sink.acked, "failed": sink.failed, "flushed": flushed,
+        "valid": stream.counts.get(VALID, 0),
+        "bad": {c: stream.counts.get(c, 0) for c in BAD_CATEGORIES if stream.counts.get(c, 0)},
+        "anomalies": vars(stream.fleet.counts),
+        "signal": signal.Signals(stopper.signal).name if stopper.signal else None,
+        "send_seconds": round(send_s, 3), "total_seconds": round(total_s, 3),
+        "events_per_second": round(sink.sent / total_s, 1) if total_s > 0 else None,
+        "fleet_id": stream.fleet.fleet_id, "topic": None if args.dry_run else args.topic,
+        "fatal": fatal,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the simulator; return the exit status."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    parser = build_parser(Env())
+    args = parser.parse_args(argv)
+    if args.start_time is not None and args.rate <= 0:
+        parser.error("--start-time needs --rate > 0 (it spaces the simulated event times)")
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
+    fleet_id = args.fleet_id or (f"f{args.seed}" if args.seed is not None else f"f{os.urandom(3).hex()}")
+    fleet = Fleet(size=args.sensors, seed=seed, fleet_id=fleet_id,
+                  anomalies=AnomalyRates(args.spike_rate, args.stuck_rate, args.dropout_rate))
+    if args.describe_fleet:
+        for meta in fleet.metadata():
+            print(json.dumps(vars(meta), ensure_ascii=False))
+        return 0
+    stream = EventStream(fleet, args.bad_rate, args.bad_categories)
+    sink: EventSink
+    if args.dry_run:
+        sink = StdoutSink()
+    else:
+        try:
+            sink = KafkaSink(args.bootstrap_servers, args.topic, linger_ms=args.linger_ms,
+                             batch_size=args.batch_size,
+                             compression=None if args.compression == "none" else args.compression)
+        except ConnectionError as exc:
+            print(f"producer: {exc}", file=sys.stderr)
+            return 2
+    stopper = Stopper()
+    stopper.install()
+    log.info("producing to %s: fleet %s, %d sensors, seed %d, rate %s/s, bad rate %s",
+             "stdout" if args.dry_run else args.topic, fleet_id, args.sensors, seed,
+             args.rate or "max", args.bad_rate)
+    try:
+        summary = run(args, sink, stream, stopper)
+    finally:
+        sink.close()
+    print("PRODUCER_SUMMARY " + json.dumps(summary, sort_keys=True), file=sys.stderr, flush=True)
+    if summary["failed"] or not summary["flushed"] or summary["fatal"]:
+        log.error("%d of %d records failed delivery (flushed=%s)", summary["failed"], summary["sent"],
+                  summary["flushed"])
+        return 1
+    return 0
+
+
+__all__ = ["MemorySink", "build_parser", "main", "run"]
