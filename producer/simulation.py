@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from zoneinfo import ZoneInfo
 
 from common.contract import CITIES, SCHEMA_VERSION, City
 
+FLEET_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 TWO_PI_OVER_24 = 2 * math.pi / 24
 PEAK_HOUR = 15.0
 NOISE_TEMP_C = 0.3
@@ -132,6 +134,8 @@ class Fleet:
     def __post_init__(self) -> None:
         if self.size < 1:
             raise ValueError(f"a fleet needs at least 1 sensor, got {self.size}")
+        if not FLEET_ID.fullmatch(self.fleet_id):
+            raise ValueError(f"fleet id must be 1-32 of [A-Za-z0-9_-], got {self.fleet_id!r}")
         self.rng = random.Random(self.seed)
         now = datetime.now(UTC)
         offsets = {c.timezone: ZoneInfo(c.timezone).utcoffset(now).total_seconds() for c in self.cities}

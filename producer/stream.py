@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from producer.bad_events import BAD_CATEGORIES, make_bad_event
-from producer.serialization import serialize
+from producer.serialization import serialize_reading
 from producer.simulation import Fleet
 
 VALID = "valid"
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One Kafka record to send: key (sensor_id), value, and what kind of event it is."""
 
     key: bytes
@@ -32,7 +31,8 @@ class EventStream:
             raise ValueError(f"bad_rate must be within [0, 1], got {bad_rate}")
         unknown = set(categories) - set(BAD_CATEGORIES)
         if unknown:
-            raise ValueError(f"unknown bad-event categories {sorted(unknown)}; known: {', '.join(BAD_CATEGORIES)}")
+            raise ValueError(f"unknown bad-event categories {sorted(unknown)}; "
+                             f"known: {', '.join(BAD_CATEGORIES)}")
         if bad_rate > 0 and not categories:
             raise ValueError("bad_rate > 0 needs at least one bad-event category")
         self.fleet = fleet
@@ -58,7 +58,7 @@ class EventStream:
                 return Record(template["sensor_id"].encode(),
                               make_bad_event(category, template, ts, self.rng), category, None)
         event = self.fleet.next_reading(ts)
-        record = Record(event["sensor_id"].encode(), serialize(event), VALID, event["event_id"])
+        record = Record(event["sensor_id"].encode(), serialize_reading(event), VALID, event["event_id"])
         self.counts[VALID] += 1
         self._last_valid = record
         return record

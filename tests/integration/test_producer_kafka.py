@@ -66,7 +66,7 @@ def consume_all(stack, topic: str) -> list:
     remaining = {tp for tp, end in ends.items() if end > 0}
 
     def drained() -> bool:
-        for tp, batch in consumer.poll(timeout_ms=1000).items():
+        for batch in consumer.poll(timeout_ms=1000).values():
             got.extend(batch)
         for tp in list(remaining):
             if consumer.position(tp) >= ends[tp]:
@@ -137,7 +137,8 @@ def test_sigterm_mid_run_flushes_and_loses_no_acknowledged_event(stack, make_top
     assert proc.returncode == 0, stderr[-3000:]
     summary = summary_of(stderr)
     assert summary["signal"] == "SIGTERM"
-    assert summary["failed"] == 0 and summary["acked"] == summary["sent"] >= 3000
+    assert summary["failed"] == 0
+    assert summary["acked"] == summary["sent"] >= 3000
     records = consume_all(stack, topic)
     assert len(records) == summary["acked"]
     assert len({json.loads(r.value)["event_id"] for r in records}) == summary["acked"]
@@ -152,8 +153,11 @@ def test_failed_deliveries_make_the_process_exit_non_zero(stack, make_topic):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
     summary = summary_of(result.stderr)
-    assert summary["failed"] == 50 and summary["acked"] == 0
-    assert "delivery to" in result.stderr and "failed" in result.stderr
+    assert summary["acked"] == 0
+    # kafka-python 3.0.12 aborts the batches after this fatal error, often before their
+    # futures complete: such records are reported as unconfirmed, never as delivered.
+    assert summary["failed"] + summary["unconfirmed"] == 50
+    assert "MessageSizeTooLargeError" in result.stderr
 
 
 def test_missing_topic_is_named(stack, unique_name):

@@ -19,7 +19,7 @@ from common.contract import (
     TEMPERATURE_RANGE_C,
 )
 from producer.bad_events import BAD_CATEGORIES, UNKNOWN_CITY, make_bad_event
-from producer.serialization import serialize
+from producer.serialization import serialize, serialize_reading
 from producer.simulation import AnomalyRates, Fleet, diurnal, format_event_time
 from producer.stream import VALID, EventStream
 
@@ -65,6 +65,20 @@ def test_event_time_is_utc_iso8601_with_milliseconds():
     assert format_event_time(0) == "1970-01-01T00:00:00.000Z"
 
 
+def test_fast_reading_serialization_equals_json():
+    fleet = Fleet(64, seed=13, fleet_id="Fleet_id-9", anomalies=AnomalyRates(0.05, 0.05, 0.05))
+    for i in range(20_000):
+        event = fleet.next_reading(T0 + i * 3.7)
+        assert serialize_reading(event) == serialize(event)
+    for city in CITY_NAMES:  # the template writes cities unescaped
+        assert json.dumps(city, ensure_ascii=False) == f'"{city}"'
+
+
+def test_fleet_id_must_be_safe_to_embed():
+    with pytest.raises(ValueError, match="fleet id must be 1-32 of"):
+        Fleet(1, 1, 'bad"id')
+
+
 def test_serialization_keeps_non_ascii_as_utf8():
     assert serialize({"city": "São Paulo"}) == '{"city":"São Paulo"}'.encode()
     with pytest.raises(ValueError, match="Out of range float"):
@@ -85,7 +99,8 @@ def test_values_stay_within_each_citys_range_over_a_day():
         # mean ± amplitude, plus bias (sd 0.8) and noise (sd 0.3) at 4 sd: 4.4 °C
         assert city.mean_temp_c - city.daily_amplitude_c - 4.4 <= min(temps), city.name
         assert max(temps) <= city.mean_temp_c + city.daily_amplitude_c + 4.4, city.name
-        assert min(hums) >= 1.0 and max(hums) <= 100.0
+        assert min(hums) >= 1.0
+        assert max(hums) <= 100.0
         assert city.mean_humidity_pct - city.daily_humidity_amplitude_pct - 16 <= min(hums), city.name
 
 
@@ -147,7 +162,8 @@ def test_seq_is_gap_free_per_sensor_even_with_dropouts():
         if r.kind == VALID:
             event = json.loads(r.value)
             seqs[event["sensor_id"]].append(event["seq"])
-    assert fleet.counts.dropouts > 0 and fleet.counts.skipped_turns > 0
+    assert fleet.counts.dropouts > 0
+    assert fleet.counts.skipped_turns > 0
     assert len(seqs) == 30
     for sensor, values in seqs.items():
         assert values == list(range(1, len(values) + 1)), sensor
@@ -156,7 +172,8 @@ def test_seq_is_gap_free_per_sensor_even_with_dropouts():
 def test_fleets_with_distinct_ids_never_share_a_sensor():
     a = {s.sensor_id for s in Fleet(100, 1, "fa").sensors}
     b = {s.sensor_id for s in Fleet(100, 1, "fb").sensors}
-    assert len(a) == len(b) == 100 and not a & b
+    assert len(a) == len(b) == 100
+    assert not a & b
 
 
 def test_bad_rate_and_categories_are_drawn_evenly():
@@ -214,7 +231,8 @@ def test_bad_missing_field_lacks_exactly_one_required_field():
     fleet = Fleet(8, 12, "f")
     missing = set()
     for seed in range(60):
-        value = make_bad_event("missing_field", fleet.template(T0, random.Random(seed)), T0, random.Random(seed))
+        template = fleet.template(T0, random.Random(seed))
+        value = make_bad_event("missing_field", template, T0, random.Random(seed))
         event = json.loads(value)
         assert len(set(FIELD_NAMES) - set(event)) == 1
         missing |= set(FIELD_NAMES) - set(event)
@@ -239,7 +257,8 @@ def test_bad_out_of_range_breaks_one_range():
 def test_bad_unknown_city():
     value, _ = _bad("unknown_city")
     event = json.loads(value)
-    assert event["city"] == UNKNOWN_CITY and UNKNOWN_CITY not in CITY_NAMES
+    assert event["city"] == UNKNOWN_CITY
+    assert UNKNOWN_CITY not in CITY_NAMES
     _valid_except(event, "city")
 
 
@@ -267,8 +286,10 @@ def test_bad_duplicate_resends_the_last_valid_reading_verbatim():
     stream = EventStream(Fleet(8, 3, "f"), bad_rate=1.0, categories=("duplicate_event_id",))
     first = stream.next_record(T0)  # nothing to duplicate yet: a valid reading
     second = stream.next_record(T0 + 1)
-    assert first.kind == VALID and second.kind == "duplicate_event_id"
-    assert second.value == first.value and second.key == first.key
+    assert first.kind == VALID
+    assert second.kind == "duplicate_event_id"
+    assert second.value == first.value
+    assert second.key == first.key
     assert second.event_id == first.event_id
 
 
@@ -282,5 +303,6 @@ def test_fleet_metadata_is_seeded_and_near_its_city():
     assert a == b
     for meta in a:
         city = next(c for c in CITIES if c.name == meta.city)
-        assert abs(meta.lat - city.lat) <= 0.08 and abs(meta.lon - city.lon) <= 0.08
+        assert abs(meta.lat - city.lat) <= 0.08
+        assert abs(meta.lon - city.lon) <= 0.08
         assert meta.serial.startswith("SN-")

@@ -91,9 +91,8 @@ def test_kafka_listens_on_loopback_with_kraft_roles(settings):
 def test_supervisord_programs_do_not_autostart_and_bind_loopback(settings):
     conf = supervisord_conf(settings, "/usr/bin/java", Path("/usr/lib/postgresql/15/bin"))
     programs = [line for line in conf.splitlines() if line.startswith("[program:")]
-    assert programs == ["[program:postgres]", "[program:kafka]", "[program:minio]",
+    assert programs == ["[program:postgres]", "[program:kafka]", "[program:minio]", "[program:producer]",
                         "[program:airflow-api-server]", "[program:airflow-scheduler]",
-                        "[program:producer]", "[program:airflow-api-server]", "[program:airflow-scheduler]",
                         "[program:airflow-dag-processor]", "[program:airflow-triggerer]"]
     assert conf.count("autostart=false") == 8
     assert "listen_addresses=127.0.0.1" in conf
