@@ -100,23 +100,49 @@ def init_postgres(s: StackSettings) -> list[str]:
     return apply_sql(s)
 
 
-def apply_sql(s: StackSettings) -> list[str]:
-    """Apply every sql/NNN_*.sql file in order with psql (each file is idempotent)."""
+PIPELINE_TABLES_SQL = "002_pipeline_tables.sql"
+
+
+def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema: str = "iot") -> list[str]:
+    """Apply sql/NNN_*.sql (or `files`) in order with psql; each file is idempotent."""
     psql = shutil.which("psql")
     if not psql:
         raise RuntimeError("`psql` not found: install Debian's postgresql-client")
-    files = sorted((s.repo / "sql").glob("[0-9][0-9][0-9]_*.sql"))
+    files = files if files is not None else sorted((s.repo / "sql").glob("[0-9][0-9][0-9]_*.sql"))
     env = {**os.environ, "PGPASSWORD": s.pg_superuser_password, "PGCONNECT_TIMEOUT": "5"}
     for path in files:
         result = subprocess.run(
             [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", s.pg_host, "-p", str(s.pg_port),
              "-U", s.pg_superuser, "-d", s.pg_db,
-             "-v", f"writer_role={s.pg_writer}", "-v", f"bi_role={s.pg_bi}", "-f", str(path)],
+             "-v", f"writer_role={s.pg_writer}", "-v", f"bi_role={s.pg_bi}",
+             "-v", f"pipeline_schema={pipeline_schema}", "-f", str(path)],
             env=env, capture_output=True, text=True,
         )
         if result.returncode != 0:
             raise RuntimeError(f"applying {path.name} failed:\n{result.stderr}")
     return [p.name for p in files]
+
+
+def create_pipeline_schema(s: StackSettings, schema: str) -> None:
+    """Create `schema` owned by the writer with the streaming job's tables (for tests)."""
+    from psycopg2 import sql
+
+    with _connect(s, s.pg_superuser, s.pg_superuser_password, s.pg_db) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("create schema if not exists {} authorization {}").format(
+            sql.Identifier(schema), sql.Identifier(s.pg_writer)))
+    conn.close()
+    apply_sql(s, [s.repo / "sql" / PIPELINE_TABLES_SQL], pipeline_schema=schema)
+
+
+def drop_pipeline_schema(s: StackSettings, schema: str) -> None:
+    """Drop a schema made by create_pipeline_schema, with everything in it."""
+    from psycopg2 import sql
+
+    if schema == "iot":
+        raise ValueError("refusing to drop the pipeline's own schema")
+    with _connect(s, s.pg_superuser, s.pg_superuser_password, s.pg_db) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(schema)))
+    conn.close()
 
 
 # ---- Kafka ---------------------------------------------------------------------------------

@@ -1,0 +1,304 @@
+"""The streaming job: Kafka -> bronze Delta, quarantine Delta, curated PostgreSQL, exactly once.
+
+Usage (ad hoc; `make up` writes spark-defaults.conf with the jars and settings):
+
+    SPARK_CONF_DIR=.stack/spark/conf spark-submit jobs/stream.py
+    SPARK_CONF_DIR=.stack/spark/conf spark-submit jobs/stream.py --available-now   # drain, then exit
+    spark-submit jobs/stream.py --help
+
+Configuration comes from the environment / .env (see .env.example, STREAM_* and STATUS_*),
+overridable by the options below. Each micro-batch:
+  1. appends every record, raw, to bronze (idempotent per query id and batch id);
+  2. parses and validates (jobs/rules.py); appends invalid records with their failed rules to
+     quarantine (idempotent likewise);
+  3. in one PostgreSQL transaction: valid rows (classified) via COPY into a staging table and
+     INSERT ... ON CONFLICT (event_id) DO NOTHING, a progress row and a health row.
+A failure anywhere fails the query; restarted, it replays the batch from its checkpoint.
+SIGTERM/SIGINT stop cleanly: the running micro-batch completes, then the query stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from common.env import Env
+from jobs.sinks import DeltaSink, PostgresSink, curated_csv_lines
+from jobs.transform import Thresholds, curated, parse, quarantine, rule_failure_counts, to_bronze, validate
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+log = logging.getLogger("jobs.stream")
+QUERY_ID_PROPERTY = "sql.streaming.queryId"
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Everything the streaming job needs, from the environment and the command line."""
+
+    bootstrap_servers: str
+    topic: str
+    checkpoint: str
+    bronze_path: str
+    quarantine_path: str
+    pg_schema: str
+    pg_connect: dict
+    trigger_seconds: float
+    max_offsets_per_trigger: int
+    query_name: str
+    thresholds: Thresholds
+    starting_offsets: str = "earliest"
+
+    @classmethod
+    def from_env(cls, env: Env) -> StreamSettings:
+        """Return the settings of the pipeline's own stream (the running pipeline's names)."""
+        bucket = env.get("LAKEHOUSE_BUCKET", "lakehouse")
+        return cls(
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            topic=env.get("KAFKA_TOPIC", "iot.sensor-readings"),
+            checkpoint=env.get("STREAM_CHECKPOINT", f"s3a://{bucket}/checkpoints/sensor_readings"),
+            bronze_path=env.get("BRONZE_PATH", f"s3a://{bucket}/bronze/sensor_readings"),
+            quarantine_path=env.get("QUARANTINE_PATH", f"s3a://{bucket}/quarantine/sensor_readings"),
+            pg_schema=env.get("PIPELINE_SCHEMA", "iot"),
+            pg_connect={
+                "host": env.get("POSTGRES_HOST", "127.0.0.1"), "port": env.get_int("POSTGRES_PORT", 5432),
+                "dbname": env.get("POSTGRES_DB", "iot"), "user": env.get("PIPELINE_DB_USER", "iot_writer"),
+                "password": env.require("PIPELINE_DB_PASSWORD"),
+            },
+            trigger_seconds=env.get_float("STREAM_TRIGGER_SECONDS", 1.0),
+            max_offsets_per_trigger=env.get_int("STREAM_MAX_OFFSETS_PER_TRIGGER", 50_000),
+            query_name=env.get("STREAM_QUERY_NAME", "sensor_readings"),
+            thresholds=Thresholds.from_env(env),
+        )
+
+
+def kafka_source(spark: SparkSession, settings: StreamSettings) -> DataFrame:
+    """Return the streaming Kafka source: earliest offsets on first start, bounded batches."""
+    return (spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+            .option("subscribe", settings.topic)
+            .option("startingOffsets", settings.starting_offsets)
+            .option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
+            # Records deleted by retention before we read them must fail the job loudly.
+            .option("failOnDataLoss", "true")
+            .load())
+
+
+class LatestOffsets:
+    """Reads the topic's latest offsets, for the health row's offsets_behind."""
+
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self._consumer = None
+
+    def __call__(self) -> dict[int, int]:
+        """Return {partition: latest offset}."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers,
+                                           client_id="iot-stream-lag", request_timeout_ms=10_000)
+        partitions = self._consumer.partitions_for_topic(self.topic) or set()
+        ends = self._consumer.end_offsets([TopicPartition(self.topic, p) for p in partitions])
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+
+class StopRequested(RuntimeError):
+    """Raised by a micro-batch that starts after a stop was requested (it is not committed)."""
+
+
+class BatchProcessor:
+    """The foreachBatch function: bronze, quarantine, PostgreSQL, health for one micro-batch."""
+
+    def __init__(self, settings: StreamSettings, bronze: DeltaSink, quarantine_sink: DeltaSink,
+                 postgres: PostgresSink, latest_offsets) -> None:
+        self.settings = settings
+        self.bronze = bronze
+        self.quarantine = quarantine_sink
+        self.postgres = postgres
+        self.latest_offsets = latest_offsets
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.end_offsets: dict[int, int] | None = None
+        self.batches = 0
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        """Process one micro-batch; raise on any failure (the batch is then not committed)."""
+        with self.lock:
+            if self.stopping:
+                raise StopRequested(f"stop requested before batch {batch_id}")
+            self._process(batch, batch_id)
+
+    def _process(self, batch: DataFrame, batch_id: int) -> None:
+        from pyspark.sql import functions as F
+
+        started = datetime.now(UTC)
+        t0 = time.monotonic()
+        spark = batch.sparkSession
+        query_id = spark.sparkContext.getLocalProperty(QUERY_ID_PROPERTY)
+        if not query_id:
+            raise RuntimeError(f"no {QUERY_ID_PROPERTY} local property: not running inside a streaming query")
+        if self.end_offsets is None:
+            self.end_offsets = self.postgres.committed_end_offsets(query_id)
+        batch.persist()
+        try:
+            rows_in = batch.count()
+            t = time.monotonic()
+            if rows_in:
+                self.bronze.write(to_bronze(batch), query_id, batch_id)
+            bronze_ms = int((time.monotonic() - t) * 1000)
+
+            checked = validate(parse(batch)).persist()
+            failures = rule_failure_counts(checked)
+            invalid_rows = quarantine(checked)
+            quarantined = checked.where(F.size("failed_rules") > 0).count()
+            t = time.monotonic()
+            if quarantined:
+                self.quarantine.write(invalid_rows, query_id, batch_id)
+            quarantine_ms = int((time.monotonic() - t) * 1000)
+
+            lines = curated_csv_lines(curated(checked, self.settings.thresholds))
+            ends = {row["partition"]: row["next"] for row in
+                    batch.groupBy("partition").agg((F.max("offset") + 1).alias("next")).collect()}
+            end_offsets = {**self.end_offsets, **ends}
+            latest = self.latest_offsets()
+            behind = sum(max(0, latest[p] - end_offsets.get(p, 0)) for p in latest)
+            result = self.postgres.write_batch(query_id, batch_id, lines, {
+                "started_at": started, "rows_in": rows_in, "rows_valid": len(lines),
+                "rows_quarantined": quarantined, "rule_failures": {k: v for k, v in failures.items() if v},
+                "bronze_ms": bronze_ms, "quarantine_ms": quarantine_ms,
+                "postgres_started_at": datetime.now(UTC), "end_offsets": {str(p): o for p, o in end_offsets.items()},
+                "offsets_behind": behind,
+            })
+            checked.unpersist()
+        finally:
+            batch.unpersist()
+        self.end_offsets = end_offsets
+        self.batches += 1
+        log.info("batch %d: in=%d valid=%d quarantined=%d inserted=%d duplicates=%d behind=%d %s in %.2fs",
+                 batch_id, rows_in, len(lines), quarantined, result.inserted, result.duplicates, behind,
+                 "committed" if result.committed else "already committed (replay)", time.monotonic() - t0)
+
+
+def build_query(source: DataFrame, processor: BatchProcessor, trigger: dict, checkpoint: str,
+                query_name: str) -> StreamingQuery:
+    """Start and return the streaming query of `source` into `processor`.
+
+    `trigger` is DataStreamWriter.trigger's keywords: {"processingTime": "1 second"} for the
+    long-running job, {"availableNow": True} to drain what is there and stop (tests, backfills).
+    """
+    return (source.writeStream.queryName(query_name)
+            .option("checkpointLocation", checkpoint)
+            .foreachBatch(processor)
+            .trigger(**trigger)
+            .start())
+
+
+def build_processor(settings: StreamSettings) -> BatchProcessor:
+    """Return the batch processor wired to the real sinks."""
+    return BatchProcessor(
+        settings,
+        bronze=DeltaSink(settings.bronze_path),
+        quarantine_sink=DeltaSink(settings.quarantine_path),
+        postgres=PostgresSink(settings.pg_connect, settings.pg_schema),
+        latest_offsets=LatestOffsets(settings.bootstrap_servers, settings.topic),
+    )
+
+
+def run(spark: SparkSession, settings: StreamSettings, trigger: dict, stop_event: threading.Event) -> int:
+    """Run the query until it ends, fails, or `stop_event` is set; return the exit status."""
+    processor = build_processor(settings)
+    query = build_query(kafka_source(spark, settings), processor, trigger, settings.checkpoint,
+                        settings.query_name)
+    log.info("query %s (id %s) started: %s -> bronze %s, quarantine %s, postgres schema %s; checkpoint %s",
+             settings.query_name, query.id, settings.topic, settings.bronze_path, settings.quarantine_path,
+             settings.pg_schema, settings.checkpoint)
+    try:
+        while query.isActive and not stop_event.is_set():
+            query.awaitTermination(1)
+        if stop_event.is_set() and query.isActive:
+            log.info("stop requested: letting the running micro-batch finish")
+            with processor.lock:  # waits for a batch in progress to complete its writes
+                processor.stopping = True
+            query.stop()
+            log.info("stopped cleanly after %d batches", processor.batches)
+            return 0
+        exc = query.exception()
+        if exc is not None:
+            log.error("query failed: %s", exc)
+            return 1
+        log.info("query finished after %d batches", processor.batches)
+        return 0
+    finally:
+        processor.postgres.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, build the SparkSession, run the stream; return the exit status."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    env = Env()
+    defaults = StreamSettings.from_env(env)
+    parser = argparse.ArgumentParser(
+        prog="spark-submit jobs/stream.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--available-now", action="store_true",
+                        help="process everything available now, then exit (default: run forever)")
+    parser.add_argument("--trigger-seconds", type=float, default=defaults.trigger_seconds,
+                        help="micro-batch interval (default STREAM_TRIGGER_SECONDS or 1)")
+    parser.add_argument("--max-offsets-per-trigger", type=int, default=defaults.max_offsets_per_trigger,
+                        help="upper bound of records per micro-batch (default STREAM_MAX_OFFSETS_PER_TRIGGER or 50000)")
+    parser.add_argument("--topic", default=defaults.topic, help="Kafka topic (default KAFKA_TOPIC)")
+    parser.add_argument("--checkpoint", default=defaults.checkpoint,
+                        help="checkpoint location, durable (default STREAM_CHECKPOINT or s3a://<bucket>/checkpoints/...)")
+    parser.add_argument("--bronze-path", default=defaults.bronze_path, help="bronze Delta table (default BRONZE_PATH)")
+    parser.add_argument("--quarantine-path", default=defaults.quarantine_path,
+                        help="quarantine Delta table (default QUARANTINE_PATH)")
+    parser.add_argument("--pg-schema", default=defaults.pg_schema,
+                        help="PostgreSQL schema of the curated, progress and health tables "
+                             "(default PIPELINE_SCHEMA or iot)")
+    parser.add_argument("--query-name", default=defaults.query_name, help="streaming query name")
+    parser.add_argument("--master", default=None, help="Spark master when run with plain python (spark-submit sets it)")
+    args = parser.parse_args(argv)
+    if args.trigger_seconds <= 0:
+        parser.error("--trigger-seconds must be > 0")
+    if args.max_offsets_per_trigger < 1:
+        parser.error("--max-offsets-per-trigger must be >= 1")
+    settings = replace(defaults, topic=args.topic, checkpoint=args.checkpoint, bronze_path=args.bronze_path,
+                       quarantine_path=args.quarantine_path, pg_schema=args.pg_schema,
+                       trigger_seconds=args.trigger_seconds, max_offsets_per_trigger=args.max_offsets_per_trigger,
+                       query_name=args.query_name)
+
+    from jobs.session import build_spark
+
+    spark = build_spark(f"iot-stream-{settings.query_name}", env, master=args.master)
+    stop_event = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    trigger = ({"availableNow": True} if args.available_now
+               else {"processingTime": f"{settings.trigger_seconds} seconds"})
+    try:
+        return run(spark, settings, trigger, stop_event)
+    finally:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Pure transformations of the pipeline: DataFrame in, DataFrame out. No I/O here.
+
+    kafka rows ──parse──▶ parsed ──validate──▶ checked ──┬─ valid ──classify──▶ curated rows
+                                                        └─ invalid ──────────▶ quarantine rows
+    kafka rows ──to_bronze──▶ bronze rows (every record as received)
+
+The stream (jobs/stream.py) and the hourly aggregates job read through the same functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from common.env import Env
+from jobs.rules import RULE_NAMES, RULES
+from jobs.schema import CORRUPT_RECORD, RAW_SCHEMA_DDL, TYPED_SCHEMA_DDL
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+
+# ISO-8601 with an offset (Z or ±hh:mm), with or without milliseconds.
+EVENT_TIME_PATTERN = "yyyy-MM-dd'T'HH:mm:ss[.SSS]XXX"
+CURATED_COLUMNS = ("event_id", "sensor_id", "seq", "city", "temperature_c", "humidity_pct", "status",
+                   "event_time", "kafka_topic", "kafka_partition", "kafka_offset")
+STATUSES = ("CRITICAL", "WARNING", "OK")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Status thresholds. CRITICAL when temperature >= critical_temp_high_c or <= critical_temp_low_c
+    or humidity < critical_humidity_low_pct; else WARNING when temperature >= warning_temp_high_c
+    or <= warning_temp_low_c or humidity < warning_humidity_low_pct or > warning_humidity_high_pct;
+    else OK."""
+
+    critical_temp_high_c: float = 40.0
+    critical_temp_low_c: float = 0.0
+    critical_humidity_low_pct: float = 15.0
+    warning_temp_high_c: float = 35.0
+    warning_temp_low_c: float = 5.0
+    warning_humidity_low_pct: float = 30.0
+    warning_humidity_high_pct: float = 90.0
+
+    @classmethod
+    def from_env(cls, env: Env) -> Thresholds:
+        """Return thresholds from STATUS_* variables (defaults above)."""
+        d = cls()
+        return cls(
+            critical_temp_high_c=env.get_float("STATUS_CRITICAL_TEMP_HIGH_C", d.critical_temp_high_c),
+            critical_temp_low_c=env.get_float("STATUS_CRITICAL_TEMP_LOW_C", d.critical_temp_low_c),
+            critical_humidity_low_pct=env.get_float("STATUS_CRITICAL_HUMIDITY_LOW_PCT",
+                                                    d.critical_humidity_low_pct),
+            warning_temp_high_c=env.get_float("STATUS_WARNING_TEMP_HIGH_C", d.warning_temp_high_c),
+            warning_temp_low_c=env.get_float("STATUS_WARNING_TEMP_LOW_C", d.warning_temp_low_c),
+            warning_humidity_low_pct=env.get_float("STATUS_WARNING_HUMIDITY_LOW_PCT", d.warning_humidity_low_pct),
+            warning_humidity_high_pct=env.get_float("STATUS_WARNING_HUMIDITY_HIGH_PCT",
+                                                    d.warning_humidity_high_pct),
+        )
+
+    def __post_init__(self) -> None:
+        if not (self.critical_temp_low_c <= self.warning_temp_low_c < self.warning_temp_high_c
+                <= self.critical_temp_high_c):
+            raise ValueError("status thresholds must satisfy critical_low <= warning_low < warning_high "
+                             f"<= critical_high, got {self}")
+        if not self.critical_humidity_low_pct <= self.warning_humidity_low_pct < self.warning_humidity_high_pct:
+            raise ValueError(f"humidity thresholds must satisfy critical_low <= warning_low < warning_high, got {self}")
+
+
+def parse(kafka_rows: DataFrame) -> DataFrame:
+    """Return Kafka rows with the value read three ways: raw text per field, typed per the
+    contract, and event_time as a timestamp (helper columns start with `_`)."""
+    from pyspark.sql import functions as F
+
+    text = F.col("value").cast("string")
+    utf8 = F.is_valid_utf8(text)
+    parsed = kafka_rows.select(
+        "key", "value", "topic", "partition", "offset",
+        F.col("timestamp").alias("kafka_timestamp"),
+        utf8.alias("_utf8"),
+        F.octet_length("value").alias("_bytes"),
+        # Not valid UTF-8: not parsed at all (json_object does not apply, valid_utf8 fails).
+        F.when(utf8, F.from_json(text, RAW_SCHEMA_DDL, {"columnNameOfCorruptRecord": CORRUPT_RECORD}))
+        .alias("_raw"),
+        F.when(utf8, F.from_json(text, TYPED_SCHEMA_DDL)).alias("_typed"),
+    )
+    return parsed.withColumn("_event_ts", F.try_to_timestamp(F.col("_typed.event_time"), F.lit(EVENT_TIME_PATTERN)))
+
+
+def validate(parsed: DataFrame) -> DataFrame:
+    """Return parsed rows with `failed_rules`: the names of every rule the record fails."""
+    from pyspark.sql import functions as F
+
+    failed = F.array(*[F.when(rule.fails(), F.lit(rule.name)) for rule in RULES])
+    return parsed.withColumn("failed_rules", F.array_compact(failed))
+
+
+def status_column(thresholds: Thresholds, temperature: Column, humidity: Column) -> Column:
+    """Return the status (CRITICAL, WARNING or OK) of a reading; the one place it is derived."""
+    from pyspark.sql import functions as F
+
+    t = thresholds
+    critical = (temperature >= t.critical_temp_high_c) | (temperature <= t.critical_temp_low_c) | (
+        humidity < t.critical_humidity_low_pct)
+    warning = ((temperature >= t.warning_temp_high_c) | (temperature <= t.warning_temp_low_c)
+               | (humidity < t.warning_humidity_low_pct) | (humidity > t.warning_humidity_high_pct))
+    return F.when(critical, "CRITICAL").when(warning, "WARNING").otherwise("OK")
+
+
+def curated(checked: DataFrame, thresholds: Thresholds) -> DataFrame:
+    """Return the valid records as curated rows, classified."""
+    from pyspark.sql import functions as F
+
+    valid = checked.where(F.size("failed_rules") == 0)
+    return valid.select(
+        F.col("_typed.event_id").alias("event_id"),
+        F.col("_typed.sensor_id").alias("sensor_id"),
+        F.col("_typed.seq").alias("seq"),
+        F.col("_typed.city").alias("city"),
+        F.col("_typed.temperature_c").alias("temperature_c"),
+        F.col("_typed.humidity_pct").alias("humidity_pct"),
+        status_column(thresholds, F.col("_typed.temperature_c"), F.col("_typed.humidity_pct")).alias("status"),
+        F.col("_event_ts").alias("event_time"),
+        F.col("topic").alias("kafka_topic"),
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+    )
+
+
+def quarantine(checked: DataFrame) -> DataFrame:
+    """Return the invalid records: raw value, Kafka coordinates and every failed rule."""
+    from pyspark.sql import functions as F
+
+    invalid = checked.where(F.size("failed_rules") > 0)
+    return invalid.select(
+        "key", "value",
+        # readable copy of the value when it is UTF-8
+        F.when(F.col("_utf8"), F.col("value").cast("string")).alias("value_text"),
+        "topic", "partition", "offset", "kafka_timestamp", "failed_rules",
+        F.current_timestamp().alias("quarantined_at"),
+        F.to_date("kafka_timestamp").alias("kafka_date"),
+    )
+
+
+def to_bronze(kafka_rows: DataFrame) -> DataFrame:
+    """Return every Kafka record as received, with its coordinates and the ingest time."""
+    from pyspark.sql import functions as F
+
+    return kafka_rows.select(
+        "key", "value", "topic", "partition", "offset",
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.current_timestamp().alias("ingest_time"),
+        F.to_date("timestamp").alias("kafka_date"),
+    )
+
+
+def bronze_as_kafka(bronze_rows: DataFrame) -> DataFrame:
+    """Return bronze rows shaped like Kafka source rows, so batch jobs re-read the lake
+    through the same parse and validate as the stream."""
+    from pyspark.sql import functions as F
+
+    return bronze_rows.select("key", "value", "topic", "partition", "offset",
+                              F.col("kafka_timestamp").alias("timestamp"))
+
+
+def rule_failure_counts(checked: DataFrame) -> dict[str, int]:
+    """Return, for every rule, how many records failed it (one aggregation)."""
+    from pyspark.sql import functions as F
+
+    sums = [F.sum(F.array_contains("failed_rules", name).cast("int")).alias(name) for name in RULE_NAMES]
+    row = checked.agg(*sums).collect()[0]
+    return {name: int(row[name] or 0) for name in RULE_NAMES}

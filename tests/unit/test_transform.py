@@ -1,0 +1,269 @@
+"""The stream's pure transformations: parse, validate (one test per rule and per bad-event
+category of the producer), classify (every threshold boundary), and the sink projections."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from common.contract import FIELD_NAMES, MAX_PAYLOAD_BYTES
+from common.env import Env
+from jobs.rules import RULE_NAMES, RULES
+from jobs.schema import TYPED_SCHEMA_DDL, typed_schema
+from jobs.transform import Thresholds, curated, parse, quarantine, rule_failure_counts, to_bronze, validate
+from producer.bad_events import BAD_CATEGORIES, make_bad_event
+from producer.serialization import serialize
+from producer.simulation import Fleet, format_event_time
+from producer.stream import EventStream
+
+KAFKA_TS = datetime(2026, 11, 26, 19, 0, 0, tzinfo=UTC)
+GOOD = {
+    "event_id": "6a17b9af-5b56-4643-9037-cdff7c240d49", "sensor_id": "f1-s0000", "seq": 1,
+    "city": "São Paulo", "temperature_c": 26.54, "humidity_pct": 69.4,
+    "event_time": "2026-11-26T18:59:59.674Z", "schema_version": 1,
+}
+
+
+def kafka_rows(spark, values: list[bytes | None]):
+    rows = [(b"k", v, "t", 0, i, KAFKA_TS, 0) for i, v in enumerate(values)]
+    return spark.createDataFrame(rows, "key binary, value binary, topic string, partition int, offset long, "
+                                       "timestamp timestamp, timestampType int")
+
+
+def failed(spark, values: list[bytes | None]) -> list[list[str]]:
+    return [r.failed_rules for r in validate(parse(kafka_rows(spark, values))).orderBy("offset").collect()]
+
+
+def with_(**changes) -> bytes:
+    event = {**GOOD, **changes}
+    return serialize({k: v for k, v in event.items() if v is not DROP})
+
+
+DROP = object()
+
+
+def test_the_spark_schema_is_the_contract(spark):
+    assert tuple(f.name for f in typed_schema().fields) == FIELD_NAMES
+    assert TYPED_SCHEMA_DDL.startswith("event_id string, sensor_id string, seq bigint")
+
+
+def test_a_good_event_fails_nothing(spark):
+    assert failed(spark, [serialize(GOOD)]) == [[]]
+
+
+def test_simulated_readings_all_pass(spark):
+    stream = EventStream(Fleet(40, 3, "f"))
+    now = KAFKA_TS.timestamp()
+    values = [stream.next_record(now - 60 + i * 0.01).value for i in range(2000)]
+    assert failed(spark, values) == [[]] * 2000
+
+
+# ---- one test per rule -----------------------------------------------------------------------
+
+RULE_CASES = {
+    "payload_size": with_(notes="x" * MAX_PAYLOAD_BYTES),
+    "valid_utf8": serialize(GOOD).replace(b"f1-s0000", b"f1-s\xff\xfe"),
+    "json_object": b'{"event_id": "x"',
+    "required_fields": with_(city=DROP),
+    "field_types": with_(seq="1"),
+    "event_id_uuid": with_(event_id="not-a-uuid"),
+    "known_city": with_(city="Gotham"),
+    "temperature_range": with_(temperature_c=70.01),
+    "humidity_range": with_(humidity_pct=-0.1),
+    "event_time_format": with_(event_time="2026-11-26 18:59:59"),
+    "event_time_not_future": with_(event_time="2026-11-26T19:05:00.001Z"),
+    "schema_version_supported": with_(schema_version=2),
+}
+
+
+def test_every_rule_has_a_case():
+    assert set(RULE_CASES) == set(RULE_NAMES)
+
+
+@pytest.fixture(scope="module")
+def rule_results(spark):
+    """Every rule's case, validated in one Spark job."""
+    return dict(zip(RULE_CASES, failed(spark, list(RULE_CASES.values())), strict=True))
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_each_rule_alone(rule_results, rule):
+    assert rule_results[rule] == [rule]
+
+
+def test_rules_are_declared_as_data():
+    for rule in RULES:
+        assert rule.name
+        assert rule.description
+        assert callable(rule.fails)
+    assert len(set(RULE_NAMES)) == len(RULES)
+
+
+EDGE_CASES = [
+    (None, ["json_object"]),                       # a tombstone
+    (b"", ["json_object"]),
+    (b"[1, 2]", ["json_object"]),
+    (b'"just a string"', ["json_object"]),
+    (b"not json at all", ["json_object"]),
+    (with_(temperature_c=None), ["required_fields"]),   # present but null
+    (with_(temperature_c="hot", city="Gotham"), ["field_types", "known_city"]),
+    (with_(event_time="2026-11-26T18:59:59.674"), ["event_time_format"]),   # no offset
+    (with_(event_time="2026-11-26T15:59:59-03:00"), []),                    # another offset
+    (with_(event_time="2026-11-26T18:59:59Z"), []),                         # no milliseconds
+    (with_(event_time="2026-11-26T19:05:00.000Z"), []),                     # exactly the tolerance
+    (with_(temperature_c=70, humidity_pct=100), []),
+    (with_(temperature_c=-50, humidity_pct=0), []),
+    (with_(temperature_c=-50.01), ["temperature_range"]),
+    (with_(humidity_pct=100.01), ["humidity_range"]),
+    (with_(seq=1.5), ["field_types"]),
+    (with_(schema_version="1"), ["field_types"]),
+    (with_(event_id="6A17B9AF-5B56-4643-9037-CDFF7C240D49"), []),
+    (with_(extra_field="ignored"), []),
+]
+
+
+@pytest.fixture(scope="module")
+def edge_results(spark):
+    """Every edge case, validated in one Spark job."""
+    return failed(spark, [value for value, _ in EDGE_CASES])
+
+
+@pytest.mark.parametrize("index", range(len(EDGE_CASES)))
+def test_edge_cases(edge_results, index):
+    value, rules = EDGE_CASES[index]
+    assert edge_results[index] == rules, value
+
+
+# ---- one test per bad-event category of the producer -----------------------------------------
+
+EXPECTED_FOR_CATEGORY = {
+    "malformed_json": {"json_object"},
+    "wrong_type": {"field_types"},
+    "unknown_city": {"known_city"},
+    "future_timestamp": {"event_time_not_future"},
+    "oversized": {"payload_size"},
+    "invalid_utf8": {"valid_utf8"},
+}
+
+
+def _category_cases(category: str) -> tuple[list[bytes], list[list[str]]]:
+    fleet = Fleet(8, 5, "f")
+    ts = KAFKA_TS.timestamp() - 1
+    values, expected = [], []
+    for seed in range(30):
+        template = fleet.template(ts, random.Random(seed))
+        if category == "duplicate_event_id":
+            values.append(serialize(template))  # a duplicate is a valid record
+            expected.append([])
+            continue
+        value = make_bad_event(category, template, ts, random.Random(seed))
+        values.append(value)
+        if category == "missing_field":
+            expected.append(["required_fields"])
+        elif category == "out_of_range":
+            event = json.loads(value)
+            expected.append(["temperature_range"] if not -50 <= event["temperature_c"] <= 70 else ["humidity_range"])
+        else:
+            expected.append(sorted(EXPECTED_FOR_CATEGORY[category]))
+    return values, expected
+
+
+@pytest.fixture(scope="module")
+def category_results(spark):
+    """30 events of every bad category, validated in one Spark job."""
+    cases = {c: _category_cases(c) for c in BAD_CATEGORIES}
+    results = failed(spark, [v for values, _ in cases.values() for v in values])
+    out, i = {}, 0
+    for category, (values, expected) in cases.items():
+        out[category] = (results[i:i + len(values)], expected)
+        i += len(values)
+    return out
+
+
+@pytest.mark.parametrize("category", BAD_CATEGORIES)
+def test_each_bad_category_fails_exactly_its_rule(category_results, category):
+    got, expected = category_results[category]
+    assert got == expected
+
+
+# ---- classification --------------------------------------------------------------------------
+
+BOUNDARIES = [
+    (40.0, 50, "CRITICAL"), (39.99, 50, "WARNING"), (35.0, 50, "WARNING"), (34.99, 50, "OK"),
+    (0.0, 50, "CRITICAL"), (0.01, 50, "WARNING"), (5.0, 50, "WARNING"), (5.01, 50, "OK"),
+    (20, 14.99, "CRITICAL"), (20, 15.0, "WARNING"), (20, 29.99, "WARNING"), (20, 30.0, "OK"),
+    (20, 90.0, "OK"), (20, 90.01, "WARNING"), (45, 10, "CRITICAL"), (36, 95, "WARNING"),
+]
+
+
+@pytest.fixture(scope="module")
+def boundary_statuses(spark):
+    """The status of every boundary case, classified in one Spark job."""
+    values = [with_(temperature_c=t, humidity_pct=h) for t, h, _ in BOUNDARIES]
+    rows = curated(validate(parse(kafka_rows(spark, values))), Thresholds()).orderBy("kafka_offset")
+    return [r.status for r in rows.collect()]
+
+
+@pytest.mark.parametrize("index", range(len(BOUNDARIES)))
+def test_status_boundaries_with_default_thresholds(boundary_statuses, index):
+    temperature, humidity, status = BOUNDARIES[index]
+    assert boundary_statuses[index] == status, (temperature, humidity)
+
+
+def test_thresholds_come_from_the_environment(spark):
+    thresholds = Thresholds.from_env(Env({"STATUS_WARNING_TEMP_HIGH_C": "30", "STATUS_CRITICAL_TEMP_HIGH_C": "33"}))
+    rows = validate(parse(kafka_rows(spark, [with_(temperature_c=t) for t in (29.9, 30, 33)])))
+    assert [r.status for r in curated(rows, thresholds).orderBy("kafka_offset").collect()] == [
+        "OK", "WARNING", "CRITICAL"]
+
+
+def test_inconsistent_thresholds_are_refused():
+    with pytest.raises(ValueError, match="status thresholds must satisfy"):
+        Thresholds(warning_temp_high_c=45.0)
+
+
+# ---- projections -----------------------------------------------------------------------------
+
+def test_curated_row_is_typed_and_utc(spark):
+    rows = validate(parse(kafka_rows(spark, [serialize(GOOD), b"junk"])))
+    out = curated(rows, Thresholds()).collect()
+    assert len(out) == 1
+    row = out[0].asDict()
+    assert row == {
+        "event_id": GOOD["event_id"], "sensor_id": "f1-s0000", "seq": 1, "city": "São Paulo",
+        "temperature_c": 26.54, "humidity_pct": 69.4, "status": "OK",
+        "event_time": datetime(2026, 11, 26, 18, 59, 59, 674000),  # session time zone UTC
+        "kafka_topic": "t", "kafka_partition": 0, "kafka_offset": 0,
+    }
+
+
+def test_quarantine_keeps_raw_value_coordinates_and_reasons(spark):
+    bad_utf8 = RULE_CASES["valid_utf8"]
+    rows = validate(parse(kafka_rows(spark, [serialize(GOOD), b"{oops", bad_utf8])))
+    out = quarantine(rows).orderBy("offset").collect()
+    assert [(r.offset, r.value, r.value_text, r.failed_rules) for r in out] == [
+        (1, b"{oops", "{oops", ["json_object"]),
+        (2, bad_utf8, None, ["valid_utf8"]),
+    ]
+    assert {str(r.kafka_date) for r in out} == {"2026-11-26"}
+
+
+def test_bronze_keeps_every_record_as_received(spark):
+    values = [serialize(GOOD), b"{oops", None]
+    out = to_bronze(kafka_rows(spark, values)).orderBy("offset").collect()
+    assert [r.value for r in out] == values
+    assert [r.offset for r in out] == [0, 1, 2]
+    assert {str(r.kafka_date) for r in out} == {"2026-11-26"}
+
+
+def test_rule_failure_counts(spark):
+    values = [serialize(GOOD), b"{", b"[]", with_(city="Gotham"), with_(city="Gotham", seq="x")]
+    counts = rule_failure_counts(validate(parse(kafka_rows(spark, values))))
+    assert counts == {name: 0 for name in RULE_NAMES} | {"json_object": 2, "known_city": 2, "field_types": 1}
+
+
+def test_event_time_is_formatted_like_the_contract():
+    assert format_event_time(KAFKA_TS.timestamp()) == "2026-11-26T19:00:00.000Z"
