@@ -65,6 +65,14 @@ def lakehouse_spark_conf(env: Env, *, include_secrets: bool = True) -> dict[str,
         "spark.hadoop.fs.s3a.attempts.maximum": "3",
         "spark.hadoop.fs.s3a.retry.limit": "3",
         "spark.ui.showConsoleProgress": "false",
+        # Services bind to loopback unless told otherwise (a cluster sets SPARK_DRIVER_HOST).
+        "spark.driver.bindAddress": env.get("SPARK_DRIVER_BIND_ADDRESS", "127.0.0.1"),
+        "spark.driver.host": env.get("SPARK_DRIVER_HOST", "127.0.0.1"),
+        # Delta on 2 cores: reconstruct table state with 2 tasks, not 50, and checkpoint the
+        # log every 100 commits, not 10 (a checkpoint costs seconds; the stream commits ~1/s).
+        "spark.databricks.delta.snapshotPartitions": env.get("DELTA_SNAPSHOT_PARTITIONS", "2"),
+        "spark.databricks.delta.properties.defaults.checkpointInterval": env.get(
+            "DELTA_CHECKPOINT_INTERVAL", "100"),
     }
     if include_secrets:
         conf["spark.hadoop.fs.s3a.access.key"] = env.require("S3_ACCESS_KEY")

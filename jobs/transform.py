@@ -111,7 +111,14 @@ def curated(checked: DataFrame, thresholds: Thresholds) -> DataFrame:
     from pyspark.sql import functions as F
 
     valid = checked.where(F.size("failed_rules") == 0)
-    return valid.select(
+    return valid.select(*curated_columns(thresholds))
+
+
+def curated_columns(thresholds: Thresholds) -> list[Column]:
+    """Return the curated row's columns over checked records, in CURATED_COLUMNS order."""
+    from pyspark.sql import functions as F
+
+    return [
         F.col("_typed.event_id").alias("event_id"),
         F.col("_typed.sensor_id").alias("sensor_id"),
         F.col("_typed.seq").alias("seq"),
@@ -123,7 +130,7 @@ def curated(checked: DataFrame, thresholds: Thresholds) -> DataFrame:
         F.col("topic").alias("kafka_topic"),
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
-    )
+    ]
 
 
 def quarantine(checked: DataFrame) -> DataFrame:
@@ -162,10 +169,42 @@ def bronze_as_kafka(bronze_rows: DataFrame) -> DataFrame:
                               F.col("kafka_timestamp").alias("timestamp"))
 
 
-def rule_failure_counts(checked: DataFrame) -> dict[str, int]:
-    """Return, for every rule, how many records failed it (one aggregation)."""
-    from pyspark.sql import functions as F
+@dataclass(frozen=True)
+class BatchStats:
+    """Counts of one batch of checked records, from a single aggregation."""
 
-    sums = [F.sum(F.array_contains("failed_rules", name).cast("int")).alias(name) for name in RULE_NAMES]
-    row = checked.agg(*sums).collect()[0]
-    return {name: int(row[name] or 0) for name in RULE_NAMES}
+    rows: int
+    quarantined: int
+    rule_failures: dict[str, int]
+    next_offsets: dict[int, int]  # Kafka partition -> offset after the last record seen
+
+
+def batch_stats(checked: DataFrame) -> BatchStats:
+    """Return the batch's counts (per rule too) and per-partition next offsets."""
+    stats, _ = summarize(checked.select("partition", "offset", "failed_rules").collect())
+    return stats
+
+
+def summarize(rows) -> tuple[BatchStats, list]:
+    """Return the stats of collected (partition, offset, failed_rules, ...) rows, and the rows
+    that failed no rule. Done on the driver: a micro-batch is bounded by maxOffsetsPerTrigger,
+    and one collect beats an aggregation's shuffle by a second per batch on small batches."""
+    failures = dict.fromkeys(RULE_NAMES, 0)
+    next_offsets: dict[int, int] = {}
+    valid = []
+    quarantined = 0
+    for row in rows:
+        if next_offsets.get(row[0], -1) < row[1] + 1:
+            next_offsets[row[0]] = row[1] + 1
+        if row[2]:
+            quarantined += 1
+            for name in row[2]:
+                failures[name] += 1
+        else:
+            valid.append(row)
+    return BatchStats(len(rows), quarantined, failures, next_offsets), valid
+
+
+def rule_failure_counts(checked: DataFrame) -> dict[str, int]:
+    """Return, for every rule, how many records failed it."""
+    return batch_stats(checked).rule_failures

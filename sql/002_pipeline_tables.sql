@@ -51,10 +51,11 @@ create table if not exists stream_health (
     rows_inserted bigint not null,       -- valid rows new to sensor_readings
     duplicates bigint not null,          -- valid rows whose event_id was already there
     rule_failures jsonb not null,        -- {"rule name": records failing it}
-    bronze_ms integer not null,          -- time spent writing bronze
-    quarantine_ms integer not null,      -- time spent writing quarantine
-    postgres_ms integer not null,        -- time spent in the PostgreSQL transaction
-    total_ms integer not null,
+    validate_ms integer not null,        -- reading the batch, parsing, validating, classifying
+    postgres_ms integer not null,        -- the PostgreSQL transaction (rows visible after it)
+    bronze_ms integer,                   -- writing bronze (after PostgreSQL; null if the driver died first)
+    quarantine_ms integer,               -- writing quarantine (likewise)
+    total_ms integer,                    -- the whole batch (likewise)
     end_offsets jsonb not null,          -- {"partition": next offset to read} after this batch
     offsets_behind bigint,               -- latest offsets minus end_offsets, summed over partitions
     primary key (query_id, batch_id)

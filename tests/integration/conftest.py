@@ -34,3 +34,14 @@ def env(stack) -> Env:
 def pytest_collection_modifyitems(items):
     """Run the tests that restart the shared stack after every other test."""
     items.sort(key=lambda item: item.get_closest_marker("restarts_stack") is not None)
+
+
+@pytest.fixture(scope="session")
+def lake(stack):
+    """A SparkSession with the project's configuration, to read the Delta tables back."""
+    from jobs.session import build_spark
+
+    spark = build_spark("integration-tests", Env(), master="local[2]")
+    spark.sparkContext.setLogLevel("ERROR")
+    yield spark
+    spark.stop()

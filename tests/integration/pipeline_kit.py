@@ -1,0 +1,178 @@
+"""Helpers for the streaming job's integration tests: a pipeline of the test's own (topic,
+PostgreSQL schema, S3 prefix), the real job run with spark-submit, and the expectations
+derived from what the producer sent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import psycopg2
+from botocore.client import Config
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+
+from producer.bad_events import BAD_CATEGORIES
+from producer.simulation import AnomalyRates, Fleet
+from producer.stream import VALID, EventStream
+from stack.init import create_pipeline_schema, drop_pipeline_schema
+from stack.settings import StackSettings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Pipeline:
+    """Names of one test's own pipeline, and how to run the real job on them."""
+
+    stack: StackSettings
+    name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    partitions: int = 3
+
+    @property
+    def topic(self) -> str:
+        return f"it-stream-{self.name}"
+
+    @property
+    def schema(self) -> str:
+        return self.name
+
+    @property
+    def prefix(self) -> str:
+        return f"tests/{self.name}"
+
+    def path(self, what: str) -> str:
+        return f"s3a://{self.stack.bucket}/{self.prefix}/{what}"
+
+    def create(self) -> Pipeline:
+        admin = KafkaAdminClient(bootstrap_servers=self.stack.kafka_bootstrap)
+        admin.create_topics([NewTopic(self.topic, num_partitions=self.partitions, replication_factor=1)])
+        admin.close()
+        create_pipeline_schema(self.stack, self.schema)
+        return self
+
+    def destroy(self) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=self.stack.kafka_bootstrap)
+        admin.delete_topics([self.topic])
+        admin.close()
+        drop_pipeline_schema(self.stack, self.schema)
+        s3 = self.s3()
+        paginator = s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.stack.bucket, Prefix=self.prefix + "/"):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=self.stack.bucket, Delete={"Objects": keys})
+
+    def s3(self):
+        return boto3.client("s3", endpoint_url=self.stack.s3_endpoint, region_name=self.stack.s3_region,
+                            aws_access_key_id=self.stack.s3_access_key,
+                            aws_secret_access_key=self.stack.s3_secret_key,
+                            config=Config(s3={"addressing_style": "path"}))
+
+    # ---- running the job ---------------------------------------------------------------------
+
+    def stream_args(self, *extra: str) -> list[str]:
+        return [str(REPO / "stack" / "bin" / "stackctl"), "spark-submit", "--master", "local[2]",
+                str(REPO / "jobs" / "stream.py"), "--topic", self.topic, "--pg-schema", self.schema,
+                "--checkpoint", self.path("checkpoint"), "--bronze-path", self.path("bronze"),
+                "--quarantine-path", self.path("quarantine"), "--query-name", self.name, *extra]
+
+    def run_once(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run the job with --available-now until it drains the topic and exits."""
+        return subprocess.run(self.stream_args("--available-now", *extra), capture_output=True, text=True,
+                              timeout=timeout, env=os.environ.copy())
+
+    def start(self, log_path: Path, *extra: str) -> subprocess.Popen:
+        """Start the long-running job in its own process group (so kill -9 takes all of it)."""
+        log = log_path.open("ab")
+        return subprocess.Popen(self.stream_args(*extra), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=os.environ.copy())
+
+    @staticmethod
+    def kill9(proc: subprocess.Popen) -> None:
+        """kill -9 the job's whole process group (spark-submit's JVM and the Python driver)."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+    # ---- reading what landed -------------------------------------------------------------------
+
+    def pg(self):
+        conn = psycopg2.connect(host=self.stack.pg_host, port=self.stack.pg_port, dbname=self.stack.pg_db,
+                                user=self.stack.pg_writer, password=self.stack.pg_writer_password,
+                                connect_timeout=5)
+        conn.autocommit = True
+        return conn
+
+    def query(self, sql: str) -> list[tuple]:
+        conn = self.pg()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.replace("{schema}", self.schema))
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def curated_ids(self) -> list[str]:
+        return [str(r[0]) for r in self.query("select event_id from {schema}.sensor_readings")]
+
+    def health_batches(self) -> int:
+        return self.query("select count(*) from {schema}.stream_health")[0][0]
+
+    def health_totals(self) -> dict[str, int]:
+        row = self.query("select coalesce(sum(rows_in), 0), coalesce(sum(rows_valid), 0), "
+                         "coalesce(sum(rows_quarantined), 0), coalesce(sum(rows_inserted), 0), "
+                         "coalesce(sum(duplicates), 0), count(*) from {schema}.stream_health")[0]
+        return dict(zip(("rows_in", "valid", "quarantined", "inserted", "duplicates", "batches"),
+                        (int(x) for x in row), strict=True))
+
+    def bronze_commits(self) -> int:
+        """Return how many commits bronze's Delta log holds (0 before the table exists)."""
+        listed = self.s3().list_objects_v2(Bucket=self.stack.bucket, Prefix=f"{self.prefix}/bronze/_delta_log/")
+        return sum(1 for o in listed.get("Contents", []) if o["Key"].endswith(".json"))
+
+
+@dataclass
+class Expected:
+    """What the producer sent, per kind, derived from its seeded sequence."""
+
+    total: int
+    valid_ids: set[str]
+    bad_values: dict[bytes, str]      # value -> category, for every bad record but duplicates
+    duplicates: int
+
+
+def expected_from_seed(count: int, seed: int, sensors: int, bad_rate: float) -> Expected:
+    """Regenerate the producer's record kinds and ids (they do not depend on timestamps)."""
+    stream = EventStream(Fleet(sensors, seed, f"f{seed}", AnomalyRates()), bad_rate, BAD_CATEGORIES)
+    valid_ids: set[str] = set()
+    kinds: Counter[str] = Counter()
+    for i in range(count):
+        record = stream.next_record(1_795_000_000 + i)
+        kinds[record.kind] += 1
+        if record.kind == VALID:
+            valid_ids.add(record.event_id)
+    return Expected(total=count, valid_ids=valid_ids, bad_values={}, duplicates=kinds["duplicate_event_id"])
+
+
+def produce(pipeline: Pipeline, *args: str, timeout: float = 300) -> dict:
+    """Run the producer CLI on the pipeline's topic; return its summary."""
+    result = subprocess.run(
+        [str(REPO / "stack" / "bin" / "stackctl"), "python", "-m", "producer", "--topic", pipeline.topic,
+         "--no-progress", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stderr.splitlines() if x.startswith("PRODUCER_SUMMARY "))
+    return json.loads(line.removeprefix("PRODUCER_SUMMARY "))
+
+
+def start_producer(pipeline: Pipeline, log_path: Path, *args: str) -> subprocess.Popen:
+    """Start the producer CLI in the background on the pipeline's topic."""
+    return subprocess.Popen(
+        [str(REPO / "stack" / "bin" / "stackctl"), "python", "-m", "producer", "--topic", pipeline.topic,
+         "--no-progress", *args], stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))

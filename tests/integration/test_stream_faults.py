@@ -1,0 +1,130 @@
+"""Faults: kill -9 of the driver while the producer runs, and PostgreSQL stopped mid-stream.
+Nothing may be lost or duplicated. Bounded in count and time; every target is on loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+
+from stack import manager
+from stack.init import pg_ready
+from stack.probes import wait_for
+from tests.integration.pipeline_kit import Pipeline, expected_from_seed, start_producer
+
+pytestmark = pytest.mark.integration
+
+SEED, SENSORS, BAD_RATE = 77, 20, 0.05
+
+
+@pytest.fixture
+def pipeline(stack):
+    p = Pipeline(stack).create()
+    yield p
+    p.destroy()
+
+
+def producer_summary(log_path) -> dict:
+    line = next(x for x in log_path.read_text().splitlines() if x.startswith("PRODUCER_SUMMARY "))
+    return json.loads(line.removeprefix("PRODUCER_SUMMARY "))
+
+
+def assert_exact(p: Pipeline, lake, count: int) -> None:
+    """Every record once in bronze, every valid one once in curated, every bad one once in
+    quarantine, and the health rows add up: nothing lost, nothing duplicated."""
+    expected = expected_from_seed(count, SEED, SENSORS, BAD_RATE)
+    bad = count - len(expected.valid_ids) - expected.duplicates
+    curated = p.curated_ids()
+    assert len(curated) == len(expected.valid_ids)
+    assert set(curated) == expected.valid_ids
+    bronze = lake.read.format("delta").load(p.path("bronze"))
+    assert bronze.count() == count
+    assert bronze.select("partition", "offset").distinct().count() == count
+    quarantine = lake.read.format("delta").load(p.path("quarantine"))
+    assert quarantine.count() == bad
+    assert quarantine.select("partition", "offset").distinct().count() == bad
+    health = p.health_totals()
+    assert (health["rows_in"], health["inserted"], health["duplicates"], health["quarantined"]) == (
+        count, len(expected.valid_ids), expected.duplicates, bad)
+
+
+def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack, lake, pipeline, tmp_path):
+    p = pipeline
+    producer_log = tmp_path / "producer.log"
+    # Runs until SIGTERM after the last kill; what it sent is the first N records of its
+    # seeded sequence, N from its summary.
+    producer = start_producer(p, producer_log, "--rate", "200", "--seed", str(SEED),
+                              "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
+    kills = []
+    try:
+        for round_no in range(5):
+            driver = p.start(tmp_path / f"driver-{round_no}.log", "--trigger-seconds", "1")
+            if round_no % 2 == 0:
+                # mid-batch: bronze has a new commit, PostgreSQL may not yet
+                before = p.bronze_commits()
+                wait_for("a new bronze commit", lambda b=before: p.bronze_commits() > b, 240)
+                moment = "after a bronze commit"
+            else:
+                # after the PostgreSQL commit, before Spark records the batch as done
+                before = p.health_batches()
+                wait_for("a new committed batch", lambda b=before: p.health_batches() > b, 240)
+                moment = "after a PostgreSQL commit"
+            assert driver.poll() is None, (tmp_path / f"driver-{round_no}.log").read_text()[-3000:]
+            p.kill9(driver)
+            kills.append(moment)
+        producer.send_signal(signal.SIGTERM)
+        assert producer.wait(timeout=120) == 0, producer_log.read_text()[-3000:]
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+    assert len(kills) == 5
+    summary = producer_summary(producer_log)
+    count = summary["acked"]
+    assert count == summary["sent"] > 1000
+
+    result = p.run_once()  # restart once more and drain
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_exact(p, lake, count)
+
+
+def test_postgres_outage_fails_loudly_and_recovers_exactly(stack, lake, pipeline, tmp_path):
+    p = pipeline
+    count = 8000
+    producer_log = tmp_path / "producer.log"
+    producer = start_producer(p, producer_log, "--rate", "200", "--count", str(count), "--seed", str(SEED),
+                              "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
+    sup = manager.Supervisor(stack)
+    driver_log = tmp_path / "driver.log"
+    driver = p.start(driver_log, "--trigger-seconds", "1")
+    try:
+        wait_for("two committed batches", lambda: p.health_batches() >= 2, 240)
+        sup.stop("postgres")
+        try:
+            # PostgreSQL stays down 30 s; the job must fail (not swallow the error) meanwhile.
+            exit_code = driver.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            exit_code = None
+    finally:
+        sup.start("postgres")
+        wait_for("PostgreSQL back", lambda: pg_ready(stack), 60)
+        if driver.poll() is None:
+            driver.kill()
+    assert exit_code not in (None, 0), "the job kept running while PostgreSQL was down"
+    assert "query failed" in driver_log.read_text()
+    assert producer.wait(timeout=240) == 0, producer_log.read_text()[-3000:]
+
+    result = p.run_once()  # the restart a supervisor would do
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_exact(p, lake, count)
+
+
+@pytest.fixture(autouse=True)
+def _restore_stack(stack):
+    """A fault test may leave a service stopped or a program FATAL: bring the stack back."""
+    yield
+    states = {r["service"]: r["state"] for r in manager.status(stack)}
+    if any(state != "RUNNING" for state in states.values()):
+        subprocess.run([str(stack.repo / "stack" / "bin" / "stackctl"), "up"], check=True,
+                       capture_output=True, timeout=600)
