@@ -227,9 +227,17 @@ def run(spark: SparkSession, settings: StreamSettings, trigger: dict, stop_event
     log.info("query %s (id %s) started: %s -> bronze %s, quarantine %s, postgres schema %s; checkpoint %s",
              settings.query_name, query.id, settings.topic, settings.bronze_path, settings.quarantine_path,
              settings.pg_schema, settings.checkpoint)
+    from pyspark.errors import StreamingQueryException
+
     try:
-        while query.isActive and not stop_event.is_set():
-            query.awaitTermination(1)
+        try:
+            while query.isActive and not stop_event.is_set():
+                query.awaitTermination(1)
+        except StreamingQueryException as exc:
+            # A sink error failed a micro-batch: it is not committed, and the restarted job
+            # replays it from the checkpoint. Say so clearly and exit non-zero.
+            log.error("query failed: %s", exc.getMessage() if hasattr(exc, "getMessage") else exc)
+            return 1
         if stop_event.is_set() and query.isActive:
             log.info("stop requested: letting the running micro-batch finish")
             with processor.lock:  # waits for a batch in progress to complete its writes
