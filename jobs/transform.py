@@ -179,12 +179,6 @@ class BatchStats:
     next_offsets: dict[int, int]  # Kafka partition -> offset after the last record seen
 
 
-def batch_stats(checked: DataFrame) -> BatchStats:
-    """Return the batch's counts (per rule too) and per-partition next offsets."""
-    stats, _ = summarize(checked.select("partition", "offset", "failed_rules").collect())
-    return stats
-
-
 def summarize(rows) -> tuple[BatchStats, list]:
     """Return the stats of collected (partition, offset, failed_rules, ...) rows, and the rows
     that failed no rule. Done on the driver: a micro-batch is bounded by maxOffsetsPerTrigger,
@@ -207,4 +201,5 @@ def summarize(rows) -> tuple[BatchStats, list]:
 
 def rule_failure_counts(checked: DataFrame) -> dict[str, int]:
     """Return, for every rule, how many records failed it."""
-    return batch_stats(checked).rule_failures
+    stats, _ = summarize(checked.select("partition", "offset", "failed_rules").collect())
+    return stats.rule_failures

@@ -33,37 +33,32 @@ from producer.stream import VALID, EventStream
 log = logging.getLogger("producer")
 
 
-def _non_negative_float(name: str):
-    def parse(raw: str) -> float:
+def _bounded(name: str, kind: type, low: float, high: float | None = None):
+    """Return an argparse type parsing `kind` (int or float) within [low, high], naming the option."""
+    word = "a whole number" if kind is int else "a number"
+
+    def parse(raw: str):
         try:
-            value = float(raw)
+            value = kind(raw)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {raw!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {raw!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be {word}, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low:g}" if high is None else f"within [{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"{name} must be {bounds}, got {raw!r}")
         return value
     return parse
+
+
+def _non_negative_float(name: str):
+    return _bounded(name, float, 0)
 
 
 def _fraction(name: str):
-    def parse(raw: str) -> float:
-        value = _non_negative_float(name)(raw)
-        if value > 1:
-            raise argparse.ArgumentTypeError(f"{name} must be within [0, 1], got {raw!r}")
-        return value
-    return parse
+    return _bounded(name, float, 0, 1)
 
 
 def _positive_int(name: str):
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {raw!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {raw!r}")
-        return value
-    return parse
+    return _bounded(name, int, 1)
 
 
 def _categories(raw: str) -> tuple[str, ...]:

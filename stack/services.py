@@ -138,16 +138,23 @@ def kafka_java_command(s: StackSettings, java: str, main: list[str]) -> list[str
 
 # ---- Airflow -------------------------------------------------------------------------------
 
-def airflow_env(s: StackSettings) -> dict[str, str]:
-    """Return the environment of every Airflow component (and of `airflow` CLI calls)."""
-    pg = f"{s.pg_host}:{s.pg_port}"
-    base_url = f"http://127.0.0.1:{s.airflow_port}"
+def base_env(s: StackSettings) -> dict[str, str]:
+    """Return what every process of the stack needs: the venv, the repo, .env, Spark's config."""
     return {
         "PATH": f"{s.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "PYTHONPATH": str(s.repo),
         "IOT_ENV_FILE": str(s.repo / ".env"),
         "SPARK_CONF_DIR": str(s.spark_conf_dir),
         "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
+    }
+
+
+def airflow_env(s: StackSettings) -> dict[str, str]:
+    """Return the environment of every Airflow component (and of `airflow` CLI calls)."""
+    pg = f"{s.pg_host}:{s.pg_port}"
+    base_url = f"http://127.0.0.1:{s.airflow_port}"
+    return {
+        **base_env(s),
         "AIRFLOW_HOME": str(s.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(s.repo / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -181,11 +188,7 @@ def airflow_env(s: StackSettings) -> dict[str, str]:
 def pipeline_env(s: StackSettings) -> dict[str, str]:
     """Return the environment of the pipeline's own processes (producer, ad hoc jobs)."""
     return {
-        "PATH": f"{s.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        "PYTHONPATH": str(s.repo),
-        "IOT_ENV_FILE": str(s.repo / ".env"),
-        "SPARK_CONF_DIR": str(s.spark_conf_dir),
-        "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
+        **base_env(s),
         "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap,
         "KAFKA_TOPIC": s.kafka_topic,
     }

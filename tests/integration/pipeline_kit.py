@@ -103,6 +103,11 @@ class Pipeline:
 
     # ---- reading what landed -------------------------------------------------------------------
 
+    def stack_connect(self) -> dict:
+        """Return psycopg2 connect arguments for the pipeline's writer role."""
+        return {"host": self.stack.pg_host, "port": self.stack.pg_port, "dbname": self.stack.pg_db,
+                "user": self.stack.pg_writer, "password": self.stack.pg_writer_password}
+
     def pg(self):
         conn = psycopg2.connect(host=self.stack.pg_host, port=self.stack.pg_port, dbname=self.stack.pg_db,
                                 user=self.stack.pg_writer, password=self.stack.pg_writer_password,
@@ -115,7 +120,7 @@ class Pipeline:
         try:
             with conn.cursor() as cur:
                 cur.execute(sql.replace("{schema}", self.schema))
-                return cur.fetchall()
+                return cur.fetchall() if cur.description is not None else []
         finally:
             conn.close()
 

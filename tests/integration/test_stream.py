@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 
 import pytest
 
@@ -86,7 +87,7 @@ def test_end_to_end_then_replay_with_new_offsets(stack, lake, pipeline):
     assert bronze.count() == len(curated) + len(quarantined) + health["duplicates"]
     by_rule = p.query("select key, sum(value::int) from {schema}.stream_health, "
                       "jsonb_each_text(rule_failures) group by key")
-    assert dict(by_rule) == dict(__import__("collections").Counter(expected_rules(r)[0] for r in bad))
+    assert dict(by_rule) == dict(Counter(expected_rules(r)[0] for r in bad))
 
     # replay: the same valid events again, at new offsets
     resent = [r for r in records if r.kind == VALID]

@@ -267,3 +267,21 @@ def test_rule_failure_counts(spark):
 
 def test_event_time_is_formatted_like_the_contract():
     assert format_event_time(KAFKA_TS.timestamp()) == "2026-11-26T19:00:00.000Z"
+
+
+def test_summarize_counts_rules_offsets_and_valid_rows():
+    from jobs.transform import summarize
+
+    rows = [(0, 10, [], "a"), (0, 11, ["json_object"], None), (1, 5, ["known_city", "field_types"], None),
+            (1, 7, [], "b"), (0, 9, [], "c")]
+    stats, valid = summarize(rows)
+    assert (stats.rows, stats.quarantined) == (5, 2)
+    assert stats.next_offsets == {0: 12, 1: 8}
+    assert {k: v for k, v in stats.rule_failures.items() if v} == {"json_object": 1, "known_city": 1, "field_types": 1}
+    assert [r[3] for r in valid] == ["a", "b", "c"]
+
+
+def test_delta_commit_marker_names_query_and_batch():
+    from jobs.sinks import batch_marker
+
+    assert batch_marker("5f0c-query", 42) == "5f0c-query:42"

@@ -1,0 +1,204 @@
+"""Print the streaming job's figures on this machine, with the whole stack running.
+
+Usage:
+    stack/bin/stackctl python -m benchmarks.stream_pipeline [--rates 1000,5000] [--seconds 60]
+                                                           [--backlog 200000] [--sink-rows 100000]
+
+Everything runs on names of its own (topic, PostgreSQL schema, S3 prefix), removed at the end.
+1. Sink strategies on the same rows: ours (CSV via COPY into a staging table, INSERT ... ON
+   CONFLICT DO NOTHING, progress row, one transaction) against the demo's (a plain Spark JDBC
+   append into a table without keys), rows/s and the ratio.
+2. Catch-up: a backlog produced first, then the real job (spark-submit, availableNow,
+   maxOffsetsPerTrigger 50000) drains it; rows/s from the health rows.
+3. Latency: the real job running with a 1 s trigger while a producer sends at each rate for
+   --seconds; produce-to-visible latency = ingested_at (the PostgreSQL transaction's time) -
+   event_time (set at send), p50/p95/p99 over events after a 15 s warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+
+from common.env import Env
+from producer.simulation import Fleet
+from producer.sinks import KafkaSink
+from producer.stream import EventStream
+from stack.settings import load_settings
+from tests.integration.pipeline_kit import Pipeline
+
+
+def produce(settings, topic: str, rate: float, count: int, seed: int) -> int:
+    """Send `count` valid readings at `rate` events/s (0 = unpaced); return how many were acked."""
+    sink = KafkaSink(settings.kafka_bootstrap, topic)
+    stream = EventStream(Fleet(50, seed, f"b{seed}"))
+    start = time.monotonic()
+    for i in range(count):
+        if rate:
+            due = start + i / rate
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)  # pacing to the rate
+        record = stream.next_record(time.time())
+        sink.send(record.key, record.value)
+    sink.flush(120)
+    sink.close()
+    return sink.acked
+
+
+def sink_comparison(p: Pipeline, rows: int, batch_sizes: tuple[int, ...] = (1000, 10_000, 100_000)) -> None:
+    """Ours vs the demo's sink on the same curated rows, per micro-batch, in one run."""
+    from jobs.session import build_spark, jdbc_options
+    from jobs.sinks import PostgresSink, curated_csv_lines
+    from jobs.transform import Thresholds, curated, parse, validate
+
+    spark = build_spark("bench-sinks", Env(), master="local[2]")
+    spark.sparkContext.setLogLevel("ERROR")
+    stream = EventStream(Fleet(50, 5, "sink"))
+    values = [(None, stream.next_record(time.time()).value, "t", 0, i, 0) for i in range(rows)]
+    kafka_like = spark.createDataFrame(values, "key binary, value binary, topic string, partition int, "
+                                               "offset long, timestampType int")
+    kafka_like = kafka_like.selectExpr("key", "value", "topic", "partition", "offset",
+                                       "current_timestamp() as timestamp", "timestampType")
+    all_rows = curated(validate(parse(kafka_like)), Thresholds()).cache()
+    assert all_rows.count() == rows
+    options = jdbc_options(Env(), f"{p.schema}.demo_readings")
+    for size in batch_sizes:
+        batches = [all_rows.where(f"kafka_offset >= {start} and kafka_offset < {start + size}").cache()
+                   for start in range(0, min(rows, max(size, 20_000 if size < 20_000 else size)), size)]
+        n = sum(b.count() for b in batches)
+        p.query("truncate {schema}.sensor_readings, {schema}.sink_progress, {schema}.stream_health")
+        sink = PostgresSink(p.stack_connect(), p.schema)
+        lines_per_batch, ours_s = [], 0.0
+        t = time.monotonic()
+        for batch in batches:  # the CSV lines: in the stream they come out of the validation pass
+            lines_per_batch.append(curated_csv_lines(batch))
+        csv_s = time.monotonic() - t
+        t = time.monotonic()
+        for batch_id, lines in enumerate(lines_per_batch):  # ours: COPY + upsert + progress, one txn
+            assert sink.write_batch("bench", batch_id, lines, _health(size)).inserted == len(lines)
+        ours_s = time.monotonic() - t
+        ours, ours_with_csv = n / ours_s, n / (ours_s + csv_s)
+        sink.close()
+        p.query("drop table if exists {schema}.demo_readings")
+        t = time.monotonic()
+        for batch in batches:  # the demo's: Spark JDBC append per micro-batch, table without key
+            batch.write.format("jdbc").options(**options).mode("append").save()
+        demo = n / (time.monotonic() - t)
+        assert p.query("select count(*) from {schema}.demo_readings")[0][0] == n
+        assert p.query("select count(*) from {schema}.sensor_readings")[0][0] == n
+        print(f"sink, micro-batches of {size:,} ({len(batches)} batches, {n:,} rows): ours {ours:,.0f} rows/s "
+              f"({ours_with_csv:,.0f} with a separate Spark job for the CSV lines), demo {demo:,.0f} rows/s; "
+              f"ratio {ours / demo:.1f}x ({ours_with_csv / demo:.1f}x)")
+        for b in batches:
+            b.unpersist()
+    spark.stop()
+
+
+def _health(rows: int) -> dict:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return {"started_at": now, "rows_in": rows, "rows_valid": rows, "rows_quarantined": 0, "rule_failures": {},
+            "validate_ms": 0, "postgres_started_at": now, "end_offsets": {}, "offsets_behind": 0}
+
+
+def catch_up(p: Pipeline, settings, backlog: int) -> None:
+    """Drain a backlog with the real job; print rows/s."""
+    acked = produce(settings, p.topic, 0, backlog, 7)
+    t = time.monotonic()
+    result = p.run_once("--max-offsets-per-trigger", "50000", timeout=3600)
+    wall = time.monotonic() - t
+    if result.returncode != 0:
+        print(result.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(1)
+    rows, first, last, batches = p.query(
+        "select sum(rows_in), min(batch_started_at), max(batch_finished_at), count(*) from {schema}.stream_health")[0]
+    rows, span = int(rows), (last - first).total_seconds()
+    print(f"catch-up: {acked:,} records in {batches} batches: {rows / span:,.0f} rows/s from first batch start to "
+          f"last batch end ({rows / wall:,.0f} rows/s including the job's ~20 s start-up)")
+
+
+def latency(p: Pipeline, settings, rate: float, seconds: float, warmup: float = 15.0) -> None:
+    """Run the real job and a paced producer; print produce-to-visible percentiles."""
+    import tempfile
+    from pathlib import Path
+
+    log = Path(tempfile.mkstemp(prefix="bench-stream-", suffix=".log")[1])
+    driver = p.start(log, "--trigger-seconds", "1")
+    try:
+        # wait for the job to be up: its first (empty-topic) poll creates no rows, so send a
+        # trickle until one is visible
+        deadline = time.monotonic() + 180
+        while not p.query("select count(*) from {schema}.sensor_readings")[0][0]:
+            if time.monotonic() > deadline or driver.poll() is not None:
+                raise SystemExit(f"the job did not start: {log.read_text()[-3000:]}")
+            produce(settings, p.topic, 0, 10, 99)
+        count = int(rate * (seconds + warmup))
+        thread = threading.Thread(target=produce, args=(settings, p.topic, rate, count, int(rate)))
+        started = time.time()
+        thread.start()
+        thread.join()
+        # everything sent must become visible
+        deadline = time.monotonic() + 300
+        while p.query("select count(*) from {schema}.sensor_readings where event_time >= to_timestamp(%s)"
+                      % (started + warmup))[0][0] < int(rate * seconds) - 1:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)  # polling the condition with a deadline
+        pcts = p.query(
+            "select percentile_cont(array[0.5, 0.95, 0.99]) within group "
+            "(order by extract(epoch from ingested_at - event_time)), count(*) "
+            f"from {{schema}}.sensor_readings where event_time >= to_timestamp({started + warmup})")[0]
+        p50, p95, p99 = pcts[0]
+        behind = p.query("select max(offsets_behind) from {schema}.stream_health")[0][0]
+        print(f"latency at {rate:,.0f} events/s for {seconds:.0f} s ({pcts[1]:,} events after warm-up): "
+              f"p50 {p50:.2f} s, p95 {p95:.2f} s, p99 {p99:.2f} s; max offsets behind {behind}")
+    finally:
+        driver.terminate()
+        try:
+            driver.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            Pipeline.kill9(driver)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected parts; print one line each."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="1000,5000", help="latency runs, events/s")
+    parser.add_argument("--seconds", type=float, default=60, help="measured seconds per latency run")
+    parser.add_argument("--backlog", type=int, default=200_000, help="records to drain for catch-up")
+    parser.add_argument("--sink-rows", type=int, default=100_000, help="rows for the sink comparison")
+    parser.add_argument("--parts", default="sink,catchup,latency", help="which parts to run")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    parts = set(args.parts.split(","))
+    print(f"streaming benchmark on {settings.pg_host}, 2 cores shared with the whole stack")
+    if "sink" in parts:
+        p = Pipeline(settings).create()
+        try:
+            sink_comparison(p, args.sink_rows)
+        finally:
+            p.destroy()
+    if "catchup" in parts:
+        p = Pipeline(settings, partitions=6).create()
+        try:
+            catch_up(p, settings, args.backlog)
+        finally:
+            p.destroy()
+    if "latency" in parts:
+        for rate in (float(r) for r in args.rates.split(",")):
+            p = Pipeline(settings, partitions=6).create()
+            try:
+                latency(p, settings, rate, args.seconds)
+            finally:
+                p.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
