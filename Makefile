@@ -25,8 +25,8 @@ clean:  ## stop and delete all local data (download caches are kept)
 sql:  ## apply sql/*.sql again (idempotent)
 	$(STACKCTL) sql
 
-test:  ## the whole suite: unit tier, then the tiers that share the running stack
-	$(PY) -m pytest tests
+test:  ## the whole suite: unit tier first, then the tiers that share the running stack
+	$(PY) -m pytest tests/unit tests/integration
 
 test-unit:  ## the fast tier only (no services)
 	$(PY) -m pytest tests/unit

@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sql", help="apply sql/*.sql again (idempotent)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # While the broker starts, kafka-python logs every refused connection as an error; the
+    # readiness probe reports what matters itself.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
     try:
         if args.command == "up":

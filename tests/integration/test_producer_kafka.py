@@ -38,8 +38,10 @@ def make_topic(stack, unique_name):
 
 
 def producer_cmd(stack, topic: str, *args: str) -> list[str]:
+    # --bad-rate 0 unless a test asks otherwise: the default comes from PRODUCER_BAD_RATE
+    bad = [] if "--bad-rate" in args else ["--bad-rate", "0"]
     return [sys.executable, "-m", "producer", "--topic", topic,
-            "--bootstrap-servers", stack.kafka_bootstrap, "--no-progress", *args]
+            "--bootstrap-servers", stack.kafka_bootstrap, "--no-progress", *bad, *args]
 
 
 def summary_of(stderr: str) -> dict:
