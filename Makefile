@@ -26,7 +26,9 @@ sql:  ## apply sql/*.sql again (idempotent)
 	$(STACKCTL) sql
 
 test:  ## the whole suite: unit tier first, then the tiers that share the running stack
-	$(PY) -m pytest tests/unit tests/integration
+	@# two processes: each tier builds its own SparkSession (the unit one has no jars)
+	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/integration
 
 test-unit:  ## the fast tier only (no services)
 	$(PY) -m pytest tests/unit
