@@ -18,9 +18,13 @@ def build_spark(app_name: str, env: Env | None = None, master: str | None = None
     run from plain Python they are passed here before the JVM starts. Secrets (the S3 key)
     are set only in-process, never written to a file.
     """
+    import os
+
     from pyspark.sql import SparkSession
 
     env = env or Env()
+    # Read by the JVM pyspark starts here: Spark's web UI binds to it, else to every interface.
+    os.environ.setdefault("SPARK_LOCAL_IP", env.get("SPARK_LOCAL_IP", "127.0.0.1"))
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)

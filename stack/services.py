@@ -146,6 +146,8 @@ def base_env(s: StackSettings) -> dict[str, str]:
         "IOT_ENV_FILE": str(s.repo / ".env"),
         "SPARK_CONF_DIR": str(s.spark_conf_dir),
         "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
+        # Spark's web UI binds to SPARK_LOCAL_IP, else to every interface.
+        "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
     }
 
 
