@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from jobs.transform import CURATED_COLUMNS
+from jobs.transform import CURATED_COLUMNS, curated_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -87,8 +87,6 @@ def curated_csv_column(thresholds):
     """Return a Column: the record's curated row as a CSV line (CURATED_COLUMNS order) when it
     is valid, else null. Built on the executors."""
     from pyspark.sql import functions as F
-
-    from jobs.transform import curated_columns
 
     line = F.to_csv(F.struct(*curated_columns(thresholds)), CSV_OPTIONS)
     return F.when(F.size("failed_rules") == 0, line)

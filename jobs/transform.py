@@ -4,7 +4,6 @@
                                                         └─ invalid ──────────▶ quarantine rows
     kafka rows ──to_bronze──▶ bronze rows (every record as received)
 
-The stream (jobs/stream.py) and the hourly aggregates job read through the same functions.
 """
 
 from __future__ import annotations
@@ -158,15 +157,6 @@ def to_bronze(kafka_rows: DataFrame) -> DataFrame:
         F.current_timestamp().alias("ingest_time"),
         F.to_date("timestamp").alias("kafka_date"),
     )
-
-
-def bronze_as_kafka(bronze_rows: DataFrame) -> DataFrame:
-    """Return bronze rows shaped like Kafka source rows, so batch jobs re-read the lake
-    through the same parse and validate as the stream."""
-    from pyspark.sql import functions as F
-
-    return bronze_rows.select("key", "value", "topic", "partition", "offset",
-                              F.col("kafka_timestamp").alias("timestamp"))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from common.env import Env
 from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import FLEET_ID, AnomalyRates, Fleet
-from producer.sinks import EventSink, KafkaSink, MemorySink, SinkUnavailable, StdoutSink
+from producer.sinks import EventSink, KafkaSink, SinkUnavailable, StdoutSink
 from producer.stream import VALID, EventStream
 
 log = logging.getLogger("producer")
@@ -287,6 +287,3 @@ def main(argv: list[str] | None = None) -> int:
                   summary["sent"], summary["unconfirmed"], summary["flushed"])
         return 1
     return 0
-
-
-__all__ = ["MemorySink", "build_parser", "main", "run"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
@@ -250,9 +249,4 @@ def credentials(s: StackSettings) -> dict[str, str]:
                       "(PIPELINE_DB_PASSWORD in .env); BI role "
                       f"{s.pg_bi} (BI_DB_PASSWORD)",
     }
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write `data` as indented JSON."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 

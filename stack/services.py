@@ -22,7 +22,6 @@ class Service:
     name: str
     port: int
     url: str = ""
-    user: str = ""
 
 
 def services(s: StackSettings) -> list[Service]:
