@@ -158,9 +158,8 @@ def latency(p: Pipeline, settings, rate: float, seconds: float, warmup: float = 
         print(f"latency at {rate:,.0f} events/s for {seconds:.0f} s ({pcts[1]:,} events after warm-up): "
               f"p50 {p50:.2f} s, p95 {p95:.2f} s, p99 {p99:.2f} s; max offsets behind {behind}")
     finally:
-        driver.terminate()
         try:
-            driver.wait(timeout=120)
+            Pipeline.stop(driver, timeout=120)
         except subprocess.TimeoutExpired:
             Pipeline.kill9(driver)
 

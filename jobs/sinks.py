@@ -71,7 +71,10 @@ class DeltaSink:
             self._last_batch[query_id] = last
             return False
         self._last_batch.pop(query_id, None)  # unknown until the commit succeeds
-        (rows.write.format("delta").mode("append")
+        # One file per batch and date: a micro-batch is bounded and small, and one file per
+        # Kafka partition per batch (Spark's default) left thousands of small files a day, which
+        # made every read of the day (the hourly aggregates) slow until the daily compaction.
+        (rows.coalesce(1).write.format("delta").mode("append")
          .option("userMetadata", batch_marker(query_id, batch_id))
          .partitionBy(self.partition_by).save(self.path))
         self._last_batch[query_id] = batch_id

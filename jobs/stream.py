@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from common.env import Env
+from jobs.maintenance import LakeMaintenance, WriterLock
 from jobs.sinks import DeltaSink, PostgresSink, curated_csv_column
 from jobs.transform import Thresholds, parse, quarantine, summarize, to_bronze, validate
 
@@ -56,6 +57,8 @@ class StreamSettings:
     max_offsets_per_trigger: int
     query_name: str
     thresholds: Thresholds
+    lock_timeout_seconds: int = 600
+    maintenance_poll_seconds: float = 10.0
     starting_offsets: str = "earliest"
 
     @classmethod
@@ -74,10 +77,12 @@ class StreamSettings:
                 "dbname": env.get("POSTGRES_DB", "iot"), "user": env.get("PIPELINE_DB_USER", "iot_writer"),
                 "password": env.require("PIPELINE_DB_PASSWORD"),
             },
-            trigger_seconds=env.get_float("STREAM_TRIGGER_SECONDS", 1.0),
+            trigger_seconds=env.get_float("STREAM_TRIGGER_SECONDS", 5.0),
             max_offsets_per_trigger=env.get_int("STREAM_MAX_OFFSETS_PER_TRIGGER", 50_000),
             query_name=env.get("STREAM_QUERY_NAME", "sensor_readings"),
             thresholds=Thresholds.from_env(env),
+            lock_timeout_seconds=env.get_int("STREAM_LOCK_TIMEOUT_SECONDS", 600),
+            maintenance_poll_seconds=env.get_float("STREAM_MAINTENANCE_POLL_SECONDS", 10.0),
         )
 
 
@@ -208,6 +213,20 @@ def build_query(source: DataFrame, processor: BatchProcessor, trigger: dict, che
             .start())
 
 
+def poll_maintenance(maintenance: LakeMaintenance, processor: BatchProcessor, spark: SparkSession) -> None:
+    """Carry out pending lake maintenance between two micro-batches (this driver is the only
+    writer of its tables). PostgreSQL being unreachable is not this loop's to report: the
+    next micro-batch fails the query on it; the poll is retried later."""
+    import psycopg2
+
+    with processor.lock:
+        try:
+            maintenance.run_pending(spark)
+        except psycopg2.OperationalError as exc:
+            log.warning("lake maintenance poll: PostgreSQL unreachable (%s); retrying in %.0f s",
+                        str(exc).strip(), maintenance.poll_seconds)
+
+
 def build_processor(settings: StreamSettings) -> BatchProcessor:
     """Return the batch processor wired to the real sinks."""
     return BatchProcessor(
@@ -221,6 +240,20 @@ def build_processor(settings: StreamSettings) -> BatchProcessor:
 
 def run(spark: SparkSession, settings: StreamSettings, trigger: dict, stop_event: threading.Event) -> int:
     """Run the query until it ends, fails, or `stop_event` is set; return the exit status."""
+    lock = WriterLock(settings.pg_connect, settings.checkpoint, settings.lock_timeout_seconds)
+    lock.acquire()
+    try:
+        return _run_locked(spark, settings, trigger, stop_event)
+    finally:
+        lock.release()
+
+
+def _run_locked(spark: SparkSession, settings: StreamSettings, trigger: dict, stop_event: threading.Event) -> int:
+    maintenance = LakeMaintenance(settings.pg_connect, settings.pg_schema, settings.query_name,
+                                  {"bronze": settings.bronze_path, "quarantine": settings.quarantine_path},
+                                  settings.maintenance_poll_seconds)
+    if interrupted := maintenance.reset_interrupted():
+        log.warning("%d lake maintenance request(s) interrupted by the previous driver: pending again", interrupted)
     processor = build_processor(settings)
     query = build_query(kafka_source(spark, settings), processor, trigger, settings.checkpoint,
                         settings.query_name)
@@ -233,6 +266,8 @@ def run(spark: SparkSession, settings: StreamSettings, trigger: dict, stop_event
         try:
             while query.isActive and not stop_event.is_set():
                 query.awaitTermination(1)
+                if maintenance.due() and not stop_event.is_set():
+                    poll_maintenance(maintenance, processor, spark)
         except StreamingQueryException as exc:
             # A sink error failed a micro-batch: it is not committed, and the restarted job
             # replays it from the checkpoint. Say so clearly and exit non-zero.
@@ -269,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--available-now", action="store_true",
                         help="process everything available now, then exit (default: run forever)")
     parser.add_argument("--trigger-seconds", type=float, default=defaults.trigger_seconds,
-                        help="micro-batch interval (default STREAM_TRIGGER_SECONDS or 1)")
+                        help="micro-batch interval (default STREAM_TRIGGER_SECONDS or 5)")
     parser.add_argument("--max-offsets-per-trigger", type=int, default=defaults.max_offsets_per_trigger,
                         help="upper bound of records per micro-batch (default STREAM_MAX_OFFSETS_PER_TRIGGER or 50000)")
     parser.add_argument("--topic", default=defaults.topic, help="Kafka topic (default KAFKA_TOPIC)")
@@ -288,10 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--trigger-seconds must be > 0")
     if args.max_offsets_per_trigger < 1:
         parser.error("--max-offsets-per-trigger must be >= 1")
-    settings = replace(defaults, topic=args.topic, checkpoint=args.checkpoint, bronze_path=args.bronze_path,
-                       quarantine_path=args.quarantine_path, pg_schema=args.pg_schema,
+    # An empty value means the default (Airflow passes unset DAG params as empty strings).
+    settings = replace(defaults, topic=args.topic or defaults.topic, checkpoint=args.checkpoint or defaults.checkpoint,
+                       bronze_path=args.bronze_path or defaults.bronze_path,
+                       quarantine_path=args.quarantine_path or defaults.quarantine_path,
+                       pg_schema=args.pg_schema or defaults.pg_schema,
                        trigger_seconds=args.trigger_seconds, max_offsets_per_trigger=args.max_offsets_per_trigger,
-                       query_name=args.query_name)
+                       query_name=args.query_name or defaults.query_name)
 
     from jobs.session import build_spark
 
@@ -308,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                else {"processingTime": f"{settings.trigger_seconds} seconds"})
     try:
         return run(spark, settings, trigger, stop_event)
+    except TimeoutError as exc:
+        log.error("%s", exc)
+        return 1
     finally:
         spark.stop()
 

@@ -100,7 +100,7 @@ def init_postgres(s: StackSettings) -> list[str]:
     return apply_sql(s)
 
 
-PIPELINE_TABLES_SQL = "002_pipeline_tables.sql"
+PIPELINE_TABLES_SQL = ("002_pipeline_tables.sql", "003_batch_tables.sql")
 
 
 def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema: str = "iot") -> list[str]:
@@ -124,14 +124,14 @@ def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema
 
 
 def create_pipeline_schema(s: StackSettings, schema: str) -> None:
-    """Create `schema` owned by the writer with the streaming job's tables (for tests)."""
+    """Create `schema` owned by the writer with the pipeline's tables (for tests)."""
     from psycopg2 import sql
 
     with _connect(s, s.pg_superuser, s.pg_superuser_password, s.pg_db) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("create schema if not exists {} authorization {}").format(
             sql.Identifier(schema), sql.Identifier(s.pg_writer)))
     conn.close()
-    apply_sql(s, [s.repo / "sql" / PIPELINE_TABLES_SQL], pipeline_schema=schema)
+    apply_sql(s, [s.repo / "sql" / name for name in PIPELINE_TABLES_SQL], pipeline_schema=schema)
 
 
 def drop_pipeline_schema(s: StackSettings, schema: str) -> None:

@@ -9,7 +9,10 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+import psutil
+
 from stack import init, install
+from stack.airflow_api import STREAM_DAGS, AirflowApi, AirflowApiError
 from stack.probes import NotReady, airflow_health, http_ok, port_open, wait_for
 from stack.services import AIRFLOW_PROGRAMS, INFRA_PROGRAMS, PIPELINE_PROGRAMS, render_all, services
 from stack.settings import StackSettings
@@ -192,15 +195,74 @@ def up(s: StackSettings) -> dict[str, float]:
     for name in PIPELINE_PROGRAMS:
         sup.start(name)
     _probe(sup, "producer", lambda: sup.info("producer")["statename"] == "RUNNING", 30)
+    if s.stream_autostart:
+        t4 = time.monotonic()
+        start_stream_dag(s)
+        timings["stream_dag"] = time.monotonic() - t4
     timings["total"] = time.monotonic() - t0
     return timings
 
 
+def airflow_api(s: StackSettings) -> AirflowApi:
+    """Return a client of the stack's Airflow REST API."""
+    return AirflowApi(f"http://127.0.0.1:{s.airflow_port}", s.airflow_admin_user, s.airflow_admin_password)
+
+
+def start_stream_dag(s: StackSettings) -> None:
+    """Unpause iot_stream once the dag-processor has registered it: the scheduler then keeps one
+    run of the streaming job going."""
+    api = airflow_api(s)
+    wait_for("the iot_stream DAG to be parsed", lambda: api.dag("iot_stream") is not None, 120)
+    api.set_paused("iot_stream", False)
+    log.info("iot_stream unpaused: Airflow runs the streaming job (http://127.0.0.1:%s/dags/iot_stream)",
+             s.airflow_port)
+
+
+def stream_driver_processes(s: StackSettings) -> list[psutil.Process]:
+    """Return the processes (spark-submit JVMs and PySpark drivers) running this clone's stream."""
+    needle = str(s.repo / "jobs" / "stream.py")
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(needle in part for part in (proc.info["cmdline"] or [])):
+            found.append(proc)
+    return found
+
+
+def stop_streams(s: StackSettings, timeout_s: float = 150) -> int:
+    """Stop the stream DAGs' drivers cleanly before Airflow goes down: pause iot_stream, mark
+    running stream tasks success (their on_kill lets the micro-batch finish), wait for the
+    drivers to exit; return how many driver processes had to be killed."""
+    api = airflow_api(s)
+    try:
+        api.set_paused("iot_stream", True)
+        for dag_id in STREAM_DAGS:
+            api.stop_running(dag_id)
+    except (AirflowApiError, OSError) as exc:
+        log.warning("could not stop the stream through Airflow (%s): signalling its drivers directly", exc)
+        for proc in stream_driver_processes(s):
+            if "python" in proc.name():
+                proc.terminate()
+    try:
+        wait_for("the stream drivers to finish their micro-batch and exit",
+                 lambda: not stream_driver_processes(s), timeout_s)
+        return 0
+    except NotReady:
+        left = stream_driver_processes(s)
+        for proc in left:
+            proc.kill()
+        return len(left)
+
+
 def down(s: StackSettings) -> bool:
-    """Stop every service and supervisord; return False when nothing was running."""
+    """Stop every service and supervisord; return False when nothing was running.
+    A running stream is stopped cleanly first (see stop_streams)."""
     sup = Supervisor(s)
     if not sup.running():
         return False
+    if sup.info("airflow-api-server")["statename"] == "RUNNING" and stream_driver_processes(s):
+        killed = stop_streams(s)
+        if killed:
+            log.warning("%d stream driver process(es) did not stop in time and were killed", killed)
     sup.shutdown()
     return True
 

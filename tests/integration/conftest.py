@@ -45,3 +45,12 @@ def lake(stack):
     spark.sparkContext.setLogLevel("ERROR")
     yield spark
     spark.stop()
+
+
+@pytest.fixture(scope="session")
+def dag_runner(stack):
+    """Runs the project's DAGs with dag.test() against the stack's Airflow database."""
+    from tests.integration.airflow_kit import DagRunner, use_airflow_environment
+
+    use_airflow_environment(stack)
+    return DagRunner()

@@ -34,6 +34,7 @@ class Pipeline:
     stack: StackSettings
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     partitions: int = 3
+    topic_configs: dict = field(default_factory=dict)
 
     @property
     def topic(self) -> str:
@@ -52,7 +53,8 @@ class Pipeline:
 
     def create(self) -> Pipeline:
         admin = KafkaAdminClient(bootstrap_servers=self.stack.kafka_bootstrap)
-        admin.create_topics([NewTopic(self.topic, num_partitions=self.partitions, replication_factor=1)])
+        admin.create_topics([NewTopic(self.topic, num_partitions=self.partitions, replication_factor=1,
+                                      topic_configs=self.topic_configs)])
         admin.close()
         create_pipeline_schema(self.stack, self.schema)
         return self
@@ -93,6 +95,13 @@ class Pipeline:
         log = log_path.open("ab")
         return subprocess.Popen(self.stream_args(*extra), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=os.environ.copy())
+
+    @staticmethod
+    def stop(proc: subprocess.Popen, timeout: float = 180) -> int:
+        """SIGTERM to the job's process group, as Ctrl-C or a supervisor would (the JVM ignores
+        it under `stackctl spark-submit`; the PySpark driver finishes its batch); return the exit status."""
+        os.killpg(proc.pid, signal.SIGTERM)
+        return proc.wait(timeout=timeout)
 
     @staticmethod
     def kill9(proc: subprocess.Popen) -> None:
@@ -169,3 +178,16 @@ def start_producer(pipeline: Pipeline, log_path: Path, *args: str) -> subprocess
     return subprocess.Popen(
         [str(REPO / "stack" / "bin" / "stackctl"), "python", "-m", "producer", "--topic", pipeline.topic,
          "--no-progress", *args], stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
+
+
+def send_stamped(pipeline: Pipeline, stamped: list[tuple[bytes, bytes, float]]) -> None:
+    """Send (key, value, Kafka timestamp in epoch seconds) records, acks=all; every one acked."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=pipeline.stack.kafka_bootstrap, acks="all", linger_ms=20)
+    futures = [producer.send(pipeline.topic, key=key, value=value, timestamp_ms=int(ts * 1000))
+               for key, value, ts in stamped]
+    producer.flush(60)
+    for future in futures:
+        future.get(timeout=60)  # raises if the record was not acknowledged
+    producer.close()

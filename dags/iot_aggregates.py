@@ -1,0 +1,67 @@
+"""Hourly aggregates from the lake into PostgreSQL, one run per hour of data.
+
+Each run waits until the stream has committed every record stamped before its data interval
+ends, then runs jobs/aggregates.py over the interval: it replaces that hour and the
+AGGREGATES_LATENESS_HOURS hours before it (late events), so reruns and backfills are
+idempotent. Backfill: `airflow backfill create --dag-id iot_aggregates --from-date ... --to-date ...`
+(or the UI's Backfill button). No catchup: history is aggregated by backfills, on purpose.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, PokeReturnValue, task
+
+from orchestration.aggregates import AGGREGATES_APPLICATION, aggregates_application_args
+
+log = logging.getLogger(__name__)
+
+with DAG(
+    "iot_aggregates",
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=datetime(2026, 11, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=2,
+    default_args={"owner": "data-platform", "retries": 2, "retry_delay": timedelta(minutes=2)},
+    tags=["iot", "aggregates"],
+    doc_md=__doc__,
+    params={
+        "bronze_path": Param("", type="string", description="bronze Delta table; empty: BRONZE_PATH"),
+        "pg_schema": Param("", type="string", description="PostgreSQL schema; empty: PIPELINE_SCHEMA"),
+        "topic": Param("", type="string", description="Kafka topic the stream reads; empty: KAFKA_TOPIC"),
+    },
+) as dag:
+
+    @task.sensor(poke_interval=30, timeout=3600, mode="poke")
+    def wait_for_stream(params=None, data_interval_end=None) -> PokeReturnValue:
+        """Done when the stream has committed every record stamped before the interval's end."""
+        from common.env import Env
+        from orchestration import connections
+        from orchestration.aggregates import committed_offsets, offsets_before, offsets_still_needed
+
+        env = Env()
+        topic = params["topic"] or env.get("KAFKA_TOPIC", "iot.sensor-readings")
+        schema = params["pg_schema"] or env.get("PIPELINE_SCHEMA", "iot")
+        needed = offsets_before(env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), topic, data_interval_end)
+        conn = connections.postgres()
+        try:
+            missing = offsets_still_needed(needed, committed_offsets(conn, schema))
+        finally:
+            conn.close()
+        if missing:
+            log.info("the stream still has to commit %d records of %s before %s: %s", sum(missing.values()),
+                     topic, data_interval_end.isoformat(), missing)
+        return PokeReturnValue(is_done=not missing)
+
+    aggregate_hours = SparkSubmitOperator(
+        task_id="aggregate_hours",
+        conn_id="spark_lakehouse",
+        application=AGGREGATES_APPLICATION,
+        application_args=aggregates_application_args(),
+        name="iot-aggregates",
+    )
+
+    wait_for_stream() >> aggregate_hours

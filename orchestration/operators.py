@@ -1,0 +1,79 @@
+"""SparkSubmitOperator for long-running PySpark drivers that must stop cleanly.
+
+The provider's on_kill SIGKILLs spark-submit, and Airflow's task supervisor signals the task's
+whole process group: both kill a micro-batch halfway. This operator starts spark-submit in a
+session of its own (out of the supervisor's reach) and, on kill (the task marked failed or
+success in the UI, or a timeout), sends SIGTERM to the PySpark driver process only. The driver
+(jobs/stream.py) lets the running micro-batch finish, stops the query and exits; spark-submit
+then exits on its own. If it is still running after `stop_timeout`, the provider's kill runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from datetime import timedelta
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+PYTHON_NAMES = ("python", "python3")
+
+
+def pyspark_driver_pids(spark_submit_pid: int) -> list[int]:
+    """Return the pids of the Python processes spark-submit started (the PySpark driver)."""
+    import psutil
+
+    try:
+        children = psutil.Process(spark_submit_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    pids = []
+    for child in children:
+        try:
+            name = os.path.basename(child.exe() or child.name())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if name.startswith(PYTHON_NAMES):
+            pids.append(child.pid)
+    return pids
+
+
+class GracefulSparkSubmitOperator(SparkSubmitOperator):
+    """spark-submit in its own session; on kill, SIGTERM to the PySpark driver, then wait."""
+
+    def __init__(self, *, stop_timeout: timedelta = timedelta(minutes=2), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.stop_timeout = stop_timeout
+
+    def execute(self, context) -> None:
+        """Run spark-submit to completion (local and client modes; others as the provider does)."""
+        if self._hook is None:
+            self._hook = self._get_hook()
+        hook = self._hook
+        if hook._should_track_driver_status or hook._should_track_driver_via_k8s_api() or hook._is_yarn_cluster_mode:
+            return super().execute(context)
+        # its own session: the supervisor's SIGTERM/SIGKILL of the task's group does not reach it
+        hook.submit(self.application, start_new_session=True)
+        return None
+
+    def on_kill(self) -> None:
+        """Ask the driver to stop after its running micro-batch; force it after stop_timeout."""
+        hook = self._hook
+        process = getattr(hook, "_submit_sp", None) if hook else None
+        if process is None or process.poll() is not None:
+            return
+        drivers = pyspark_driver_pids(process.pid) or [process.pid]
+        self.log.info("asking the Spark driver to stop after its running batch: SIGTERM to %s", drivers)
+        for pid in drivers:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            process.wait(timeout=self.stop_timeout.total_seconds())
+        except subprocess.TimeoutExpired:
+            self.log.warning("the driver did not stop within %s: killing spark-submit", self.stop_timeout)
+            super().on_kill()
+        else:
+            self.log.info("spark-submit exited with %s", process.returncode)

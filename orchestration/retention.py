@@ -1,0 +1,149 @@
+"""Task logic of the daily retention DAG: PostgreSQL rows, the lake's Delta partitions (through
+the stream, their only writer) and the topic's retention on Kafka.
+
+Periods come from the environment (.env): RETENTION_POSTGRES_DAYS, RETENTION_LAKE_DAYS,
+RETENTION_VACUUM_HOURS (at least 168), KAFKA_TOPIC_RETENTION_HOURS, RETENTION_DELETE_BATCH_ROWS.
+Cutoffs are computed from the run's data interval end, never from now().
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from common.env import Env
+
+log = logging.getLogger(__name__)
+
+MIN_VACUUM_RETAIN_HOURS = 168  # Delta's own safety floor: readers and a failed writer's files
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long each store keeps what."""
+
+    postgres_days: int = 30
+    lake_days: int = 365
+    vacuum_retain_hours: int = 168
+    kafka_hours: int = 168
+    delete_batch_rows: int = 10_000
+
+    @classmethod
+    def from_env(cls, env: Env) -> RetentionSettings:
+        """Return the periods from the environment (defaults above)."""
+        d = cls()
+        return cls(
+            postgres_days=env.get_int("RETENTION_POSTGRES_DAYS", d.postgres_days),
+            lake_days=env.get_int("RETENTION_LAKE_DAYS", d.lake_days),
+            vacuum_retain_hours=env.get_int("RETENTION_VACUUM_HOURS", d.vacuum_retain_hours),
+            kafka_hours=env.get_int("KAFKA_TOPIC_RETENTION_HOURS", d.kafka_hours),
+            delete_batch_rows=env.get_int("RETENTION_DELETE_BATCH_ROWS", d.delete_batch_rows),
+        )
+
+    def __post_init__(self) -> None:
+        for name in ("postgres_days", "lake_days", "kafka_hours", "delete_batch_rows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"retention setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.vacuum_retain_hours < MIN_VACUUM_RETAIN_HOURS:
+            raise ValueError(f"RETENTION_VACUUM_HOURS must be >= {MIN_VACUUM_RETAIN_HOURS} (Delta's safe minimum), "
+                             f"got {self.vacuum_retain_hours}")
+
+    def postgres_cutoff(self, interval_end: datetime) -> datetime:
+        """Return the instant before which curated rows are deleted."""
+        return interval_end - timedelta(days=self.postgres_days)
+
+    def lake_cutoff(self, interval_end: datetime) -> date:
+        """Return the first kafka_date the lake keeps."""
+        return (interval_end - timedelta(days=self.lake_days)).date()
+
+
+def delete_in_batches(conn, schema: str, table: str, time_column: str, cutoff: datetime, batch_rows: int) -> int:
+    """Delete rows of `table` with `time_column` before `cutoff`, `batch_rows` per transaction
+    (short locks, bounded WAL, progress in the log); return how many were deleted."""
+    from psycopg2 import sql
+
+    statement = sql.SQL(
+        "delete from {t} where ctid = any(array(select ctid from {t} where {c} < %s limit %s))").format(
+        t=sql.Identifier(schema, table), c=sql.Identifier(time_column))
+    total, started = 0, time.monotonic()
+    while True:
+        with conn, conn.cursor() as cur:
+            cur.execute(statement, (cutoff, batch_rows))
+            deleted = cur.rowcount
+        total += deleted
+        if deleted:
+            log.info("%s.%s: %d rows before %s deleted so far (%.1f s)", schema, table, total, cutoff.isoformat(),
+                     time.monotonic() - started)
+        if deleted < batch_rows:
+            return total
+
+
+def prune_stream_bookkeeping(conn, schema: str, cutoff: datetime) -> tuple[int, int]:
+    """Delete health and progress rows older than `cutoff`, keeping each query's latest batch
+    (the stream reads its end offsets from it); return (health rows, progress rows) deleted."""
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:
+        cur.execute(sql.SQL(
+            "delete from {s}.stream_health h where batch_finished_at < %s and batch_id < "
+            "(select max(batch_id) from {s}.stream_health l where l.query_id = h.query_id)").format(
+            s=sql.Identifier(schema)), (cutoff,))
+        health = cur.rowcount
+        cur.execute(sql.SQL(
+            "delete from {s}.sink_progress p where committed_at < %s and batch_id < "
+            "(select max(batch_id) from {s}.sink_progress l where l.query_id = p.query_id)").format(
+            s=sql.Identifier(schema)), (cutoff,))
+        return health, cur.rowcount
+
+
+def set_topic_retention(bootstrap_servers: str, topic: str, hours: int) -> tuple[str | None, str]:
+    """Set the topic's retention.ms; return (previous value, value now in force)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="iot-retention",
+                             request_timeout_ms=15_000)
+    try:
+        def current() -> str | None:
+            # kafka-python 3: {"topic": {name: {config name: {"value": ..., ...}}}}
+            described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            configs = described.get("topic", {}).get(topic)
+            if configs is None:
+                raise RuntimeError(f"topic {topic!r} not found on {bootstrap_servers}")
+            entry = configs.get("retention.ms")
+            return entry["value"] if entry else None
+
+        before = current()
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                            configs={"retention.ms": str(hours * 3_600_000)})])
+        return before, current()
+    finally:
+        admin.close()
+
+
+def request_lake_maintenance(conn, schema: str, query_name: str, delete_before: date, vacuum_retain_hours: int,
+                             requested_by: str) -> int:
+    """Ask the stream `query_name` to maintain its Delta tables; return the request id."""
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:
+        cur.execute(sql.SQL(
+            "insert into {}.lake_maintenance (requested_by, query_name, delete_before_date, vacuum_retain_hours) "
+            "values (%s, %s, %s, %s) returning request_id").format(sql.Identifier(schema)),
+            (requested_by, query_name, delete_before, vacuum_retain_hours))
+        return cur.fetchone()[0]
+
+
+def lake_maintenance_outcome(conn, schema: str, request_id: int) -> tuple[str, dict | None, str | None]:
+    """Return (state, result, error) of a maintenance request."""
+    from psycopg2 import sql
+
+    with conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("select state, result, error from {}.lake_maintenance where request_id = %s")
+                    .format(sql.Identifier(schema)), (request_id,))
+        row = cur.fetchone()
+    if row is None:
+        raise LookupError(f"lake maintenance request {request_id} not found in {schema}.lake_maintenance")
+    return row[0], row[1], row[2]

@@ -1,0 +1,86 @@
+-- 003_batch_tables.sql: the tables of the batch work Airflow runs (aggregates, lake maintenance).
+--
+-- Applied with psql variables pipeline_schema (`iot`; tests apply it to schemas of their own)
+-- and writer_role, which owns what is created here. Idempotent. Timestamps are timestamptz, UTC.
+
+set role :"writer_role";
+set search_path to :"pipeline_schema";
+
+-- sensor_readings_hourly_city: hourly aggregates per city, computed from bronze by
+-- jobs/aggregates.py. Grain: one city in one hour of event time. Key: (hour_start_utc, city).
+-- A run replaces whole hours, so a rerun or a backfill of an hour yields identical rows.
+create table if not exists sensor_readings_hourly_city (
+    hour_start_utc timestamptz not null,
+    city text not null,
+    readings bigint not null,
+    sensors bigint not null,
+    temperature_min_c double precision not null,
+    temperature_mean_c numeric(8, 3) not null,
+    temperature_max_c double precision not null,
+    temperature_p95_c double precision not null,
+    humidity_min_pct double precision not null,
+    humidity_mean_pct numeric(8, 3) not null,
+    humidity_max_pct double precision not null,
+    humidity_p95_pct double precision not null,
+    ok_readings bigint not null,
+    warning_readings bigint not null,
+    critical_readings bigint not null,
+    anomalies bigint not null,  -- readings off their sensor's hourly median by > AGGREGATES_ANOMALY_DELTA_C
+    primary key (hour_start_utc, city)
+);
+
+-- sensor_readings_hourly_sensor: the same per sensor. Grain: one sensor in one hour.
+-- Key: (hour_start_utc, sensor_id).
+create table if not exists sensor_readings_hourly_sensor (
+    hour_start_utc timestamptz not null,
+    sensor_id text not null,
+    city text not null,
+    readings bigint not null,
+    temperature_min_c double precision not null,
+    temperature_mean_c numeric(8, 3) not null,
+    temperature_max_c double precision not null,
+    temperature_p95_c double precision not null,
+    humidity_min_pct double precision not null,
+    humidity_mean_pct numeric(8, 3) not null,
+    humidity_max_pct double precision not null,
+    humidity_p95_pct double precision not null,
+    ok_readings bigint not null,
+    warning_readings bigint not null,
+    critical_readings bigint not null,
+    anomalies bigint not null,
+    primary key (hour_start_utc, sensor_id)
+);
+
+-- aggregate_runs: one row per run of the aggregates job (what it replaced, when).
+-- Grain: one run. Key: run_id.
+create table if not exists aggregate_runs (
+    run_id bigserial primary key,
+    window_start_utc timestamptz not null,
+    window_end_utc timestamptz not null,
+    bronze_rows_read bigint not null,
+    city_rows bigint not null,
+    sensor_rows bigint not null,
+    finished_at timestamptz not null default now()
+);
+
+-- lake_maintenance: requests to maintain the Delta tables the stream writes. Delta on S3 is
+-- safe with one writer per table, so the retention DAG never writes them itself: it inserts a
+-- request, and the streaming job carries it out between two micro-batches (jobs/maintenance.py).
+-- Grain: one request. Key: request_id.
+create table if not exists lake_maintenance (
+    request_id bigserial primary key,
+    requested_at timestamptz not null default now(),
+    requested_by text not null,          -- e.g. the Airflow run id
+    query_name text not null,            -- the stream that must carry it out
+    delete_before_date date not null,    -- partitions (kafka_date) older than this are deleted
+    vacuum_retain_hours integer not null check (vacuum_retain_hours >= 168),
+    started_at timestamptz,
+    finished_at timestamptz,
+    state text not null default 'pending' check (state in ('pending', 'running', 'done', 'failed')),
+    result jsonb,                        -- per table: files removed, compaction and vacuum metrics
+    error text
+);
+create index if not exists lake_maintenance_pending_idx on lake_maintenance (query_name) where state = 'pending';
+
+reset search_path;
+reset role;

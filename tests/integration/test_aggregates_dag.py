@@ -1,0 +1,111 @@
+"""The hourly aggregates DAG with dag.test() against the real stack: a 3-hour backfill from the
+lake, exact figures worked out here from what was sent, then a rerun that changes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from producer.simulation import Fleet
+from producer.stream import VALID, EventStream
+from tests.integration.pipeline_kit import Pipeline, send_stamped
+
+pytestmark = pytest.mark.integration
+
+LATENESS_H = 2  # AGGREGATES_LATENESS_HOURS's default
+
+
+def status_of(t: float, h: float) -> str:
+    """The documented default thresholds, written out independently of jobs/transform.py."""
+    if t >= 40 or t <= 0 or h < 15:
+        return "CRITICAL"
+    if t >= 35 or t <= 5 or h < 30 or h > 90:
+        return "WARNING"
+    return "OK"
+
+
+@pytest.fixture
+def pipeline(stack):
+    p = Pipeline(stack).create()
+    yield p
+    p.destroy()
+
+
+def table(p: Pipeline, name: str) -> list[tuple]:
+    return p.query(f"select * from {{schema}}.{name} order by 1, 2")
+
+
+def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, dag_runner):
+    p = pipeline
+    h0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
+    stream = EventStream(Fleet(16, 21, "agg"), bad_rate=0.05)
+    stamped, readings = [], []  # readings: (event_id, hour, sensor, city, t, h, kafka ts) of valid ones
+    seen: set[str] = set()
+    for i in range(3 * 3600 // 4):  # one record every 4 s over the three hours
+        ts = h0.timestamp() + i * 4 + 0.5
+        record = stream.next_record(ts)
+        kafka_ts = ts + 1.0
+        stamped.append((record.key, record.value, kafka_ts))
+        if record.kind == VALID:
+            readings.append((record.event_id, json.loads(record.value), kafka_ts))
+    # late events of hour 0: one inside the lateness window, one after it
+    for late_h in (LATENESS_H - 0.5, LATENESS_H + 0.5):
+        while (record := stream.next_record(h0.timestamp() + 1800)).kind != VALID:
+            pass
+        kafka_ts = (h0 + timedelta(hours=1 + late_h)).timestamp()
+        stamped.append((record.key, record.value, kafka_ts))
+        readings.append((record.event_id, json.loads(record.value), kafka_ts))
+    # every re-sent copy carries the same event: the first copy counts
+    send_stamped(p, stamped)
+
+    expected: dict[tuple[datetime, str], dict] = defaultdict(lambda: {"n": 0, "sensors": set(), "t": [], "h": [],
+                                                                       "status": defaultdict(int)})
+    for event_id, event, kafka_ts in readings:
+        if event_id in seen:
+            continue
+        seen.add(event_id)
+        at = datetime.fromisoformat(event["event_time"].replace("Z", "+00:00"))
+        hour = at.replace(minute=0, second=0, microsecond=0)
+        if kafka_ts >= (hour + timedelta(hours=1 + LATENESS_H)).timestamp():
+            continue
+        e = expected[(hour, event["city"])]
+        e["n"] += 1
+        e["sensors"].add(event["sensor_id"])
+        e["t"].append(event["temperature_c"])
+        e["h"].append(event["humidity_pct"])
+        e["status"][status_of(event["temperature_c"], event["humidity_pct"])] += 1
+    assert {hour for hour, _ in expected} == {h0, h0 + timedelta(hours=1), h0 + timedelta(hours=2)}
+
+    result = p.run_once()  # the stream lands the topic in bronze (and commits its offsets)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    conf = {"bronze_path": p.path("bronze"), "pg_schema": p.schema, "topic": p.topic}
+    for hour in range(3):  # the backfill: one run per hour, as `airflow backfill create` makes them
+        assert dag_runner.test("iot_aggregates", h0 + timedelta(hours=hour + 1), conf) == "success"
+
+    windows = p.query("select window_start_utc, window_end_utc from {schema}.aggregate_runs order by run_id")
+    assert windows == [(h0 + timedelta(hours=k - LATENESS_H), h0 + timedelta(hours=k + 1)) for k in range(3)]
+    rows = p.query("select hour_start_utc, city, readings, sensors, temperature_min_c, temperature_max_c, "
+                   "temperature_mean_c, humidity_min_pct, humidity_max_pct, ok_readings, warning_readings, "
+                   "critical_readings from {schema}.sensor_readings_hourly_city")
+    assert len(rows) == len(expected)
+    for hour, city, n, sensors, t_min, t_max, t_mean, h_min, h_max, ok, warning, critical in rows:
+        e = expected[(hour, city)]
+        assert (n, sensors) == (e["n"], len(e["sensors"])), (hour, city)
+        assert (t_min, t_max, h_min, h_max) == (min(e["t"]), max(e["t"]), min(e["h"]), max(e["h"]))
+        exact_mean = sum(Decimal(str(t)) for t in e["t"]) / len(e["t"])
+        assert abs(t_mean - exact_mean) <= Decimal("0.0005")
+        assert (ok, warning, critical) == (e["status"]["OK"], e["status"]["WARNING"], e["status"]["CRITICAL"])
+    per_sensor = p.query("select hour_start_utc, count(*), sum(readings) from {schema}.sensor_readings_hourly_sensor "
+                         "group by 1 order by 1")
+    for hour, sensors, n in per_sensor:
+        mine = [e for (h, _), e in expected.items() if h == hour]
+        assert (sensors, n) == (len(set().union(*(e["sensors"] for e in mine))), sum(e["n"] for e in mine))
+
+    city, sensor = table(p, "sensor_readings_hourly_city"), table(p, "sensor_readings_hourly_sensor")
+    assert dag_runner.test("iot_aggregates", h0 + timedelta(hours=2), conf) == "success"  # rerun of hour 1
+    assert (table(p, "sensor_readings_hourly_city"), table(p, "sensor_readings_hourly_sensor")) == (city, sensor)

@@ -1,0 +1,112 @@
+"""The stream under the real Airflow scheduler: kill -9 of the driver, Airflow resubmits it with
+no human step and batches resume within 3 minutes; then a stop from the UI's "mark success"
+(the same API call) lets the running micro-batch finish and leaves the checkpoint consistent.
+Runs on the ad hoc stream DAG with the test's own names; the pipeline's stream is untouched."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import psutil
+import pytest
+
+from stack.manager import airflow_api
+from stack.probes import wait_for
+from tests.integration.pipeline_kit import Pipeline, expected_from_seed, start_producer
+
+pytestmark = pytest.mark.integration
+
+SEED, SENSORS, BAD_RATE = 55, 20, 0.05
+DAG_ID = "iot_stream_adhoc"
+
+
+@pytest.fixture
+def pipeline(stack):
+    p = Pipeline(stack).create()
+    yield p
+    p.destroy()
+
+
+def drivers_of(p: Pipeline) -> list[psutil.Process]:
+    """The spark-submit JVM and the PySpark driver running the test's stream."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "--query-name" in cmdline and p.name in cmdline and any(a.endswith("jobs/stream.py") for a in cmdline):
+            found.append(proc)
+    return found
+
+
+def checkpoint_batches(p: Pipeline, what: str) -> set[int]:
+    """Batch ids with a file in the checkpoint's offsets/ or commits/ folder."""
+    prefix = f"{p.prefix}/checkpoint/{what}/"
+    keys = [o["Key"] for page in p.s3().get_paginator("list_objects_v2").paginate(Bucket=p.stack.bucket,
+                                                                                 Prefix=prefix)
+            for o in page.get("Contents", [])]
+    return {int(k[len(prefix):]) for k in keys if k[len(prefix):].isdigit()}
+
+
+def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pipeline, tmp_path):
+    p = pipeline
+    api = airflow_api(stack)
+    producer_log = tmp_path / "producer.log"
+    producer = start_producer(p, producer_log, "--rate", "100", "--seed", str(SEED), "--sensors", str(SENSORS),
+                              "--bad-rate", str(BAD_RATE))
+    conf = {"topic": p.topic, "pg_schema": p.schema, "checkpoint": p.path("checkpoint"),
+            "bronze_path": p.path("bronze"), "quarantine_path": p.path("quarantine"), "query_name": p.name}
+    api.set_paused(DAG_ID, False)
+    try:
+        run_id = api.trigger(DAG_ID, conf)
+        wait_for("the first committed batches", lambda: p.health_batches() >= 2, 300)
+        first = drivers_of(p)
+        assert len(first) == 2, [proc.cmdline()[:3] for proc in first]  # the JVM and the Python driver
+
+        batches = p.health_batches()
+        for proc in first:
+            proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        killed = {proc.pid for proc in first}
+        wait_for("Airflow to submit a new driver",
+                 lambda: (d := drivers_of(p)) and not killed & {x.pid for x in d}, 180)
+        wait_for("batches to resume", lambda: p.health_batches() >= batches + 2,
+                 max(1.0, 180 - (time.monotonic() - killed_at)))
+        resumed_after = time.monotonic() - killed_at
+        assert resumed_after <= 180
+        (ti,) = api.task_instances(DAG_ID, run_id)
+        assert (ti["state"], ti["try_number"]) == ("running", 2)  # the retry, not a human
+
+        producer.send_signal(signal.SIGTERM)
+        assert producer.wait(timeout=120) == 0, producer_log.read_text()[-3000:]
+        summary = json.loads(next(x for x in producer_log.read_text().splitlines()
+                                  if x.startswith("PRODUCER_SUMMARY ")).removeprefix("PRODUCER_SUMMARY "))
+        count = summary["acked"]
+        wait_for("the stream to drain the topic", lambda: p.health_totals()["rows_in"] >= count, 300)
+
+        # "Mark success" on the running task, as from the UI: the driver finishes its batch and exits
+        assert api.stop_running(DAG_ID) == [run_id]
+        second = drivers_of(p)
+        wait_for("the driver to stop by itself", lambda: not any(proc.is_running() for proc in second), 180)
+    finally:
+        api.set_paused(DAG_ID, True)
+        if producer.poll() is None:
+            producer.kill()
+        api.stop_running(DAG_ID)
+        for proc in drivers_of(p):
+            proc.kill()
+
+    # a clean stop: every batch the checkpoint started is committed in it
+    assert checkpoint_batches(p, "offsets") == checkpoint_batches(p, "commits")
+    # and nothing lost or duplicated across the kill -9 and the resubmission
+    expected = expected_from_seed(count, SEED, SENSORS, BAD_RATE)
+    curated = p.curated_ids()
+    assert len(curated) == len(expected.valid_ids)
+    assert set(curated) == expected.valid_ids
+    bronze = lake.read.format("delta").load(p.path("bronze"))
+    assert bronze.count() == count
+    assert bronze.select("partition", "offset").distinct().count() == count
+    health = p.health_totals()
+    assert (health["rows_in"], health["inserted"], health["duplicates"]) == (
+        count, len(expected.valid_ids), expected.duplicates)
+    print(f"driver killed -> batches resumed in {resumed_after:.0f} s")
