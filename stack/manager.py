@@ -195,10 +195,10 @@ def up(s: StackSettings) -> dict[str, float]:
     for name in PIPELINE_PROGRAMS:
         sup.start(name)
     _probe(sup, "producer", lambda: sup.info("producer")["statename"] == "RUNNING", 30)
-    if s.stream_autostart:
+    if s.unpause_dags:
         t4 = time.monotonic()
-        start_stream_dag(s)
-        timings["stream_dag"] = time.monotonic() - t4
+        unpause_dags(s)
+        timings["dags"] = time.monotonic() - t4
     timings["total"] = time.monotonic() - t0
     return timings
 
@@ -208,13 +208,14 @@ def airflow_api(s: StackSettings) -> AirflowApi:
     return AirflowApi(f"http://127.0.0.1:{s.airflow_port}", s.airflow_admin_user, s.airflow_admin_password)
 
 
-def start_stream_dag(s: StackSettings) -> None:
-    """Unpause iot_stream once the dag-processor has registered it: the scheduler then keeps one
-    run of the streaming job going."""
+def unpause_dags(s: StackSettings) -> None:
+    """Unpause AIRFLOW_UNPAUSE_DAGS once the dag-processor has registered them: the scheduler
+    then keeps one run of the streaming job going and runs the hourly and daily work."""
     api = airflow_api(s)
-    wait_for("the iot_stream DAG to be parsed", lambda: api.dag("iot_stream") is not None, 120)
-    api.set_paused("iot_stream", False)
-    log.info("iot_stream unpaused: Airflow runs the streaming job (http://127.0.0.1:%s/dags/iot_stream)",
+    for dag_id in s.unpause_dags:
+        wait_for(f"the {dag_id} DAG to be parsed", lambda d=dag_id: api.dag(d) is not None, 120)
+        api.set_paused(dag_id, False)
+    log.info("unpaused %s: Airflow runs the pipeline (http://127.0.0.1:%s/dags)", ", ".join(s.unpause_dags),
              s.airflow_port)
 
 
@@ -307,6 +308,9 @@ def credentials(s: StackSettings) -> dict[str, str]:
         "MinIO console": f"http://127.0.0.1:{s.minio_console_port}  user {s.minio_root_user}, "
                          "password MINIO_ROOT_PASSWORD in .env",
         "Pipeline S3 key": f"{s.s3_access_key} (secret S3_SECRET_KEY in .env; bucket {s.bucket} only)",
+        "Stream": f"Airflow DAG iot_stream, http://127.0.0.1:{s.airflow_port}/dags/iot_stream ("
+                  + ("unpaused by make up)" if "iot_stream" in s.unpause_dags
+                     else "left paused: not in AIRFLOW_UNPAUSE_DAGS)"),
         "PostgreSQL": f"psql -h {s.pg_host} -p {s.pg_port} -U {s.pg_writer} {s.pg_db} "
                       "(PIPELINE_DB_PASSWORD in .env); BI role "
                       f"{s.pg_bi} (BI_DB_PASSWORD)",

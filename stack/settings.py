@@ -117,7 +117,7 @@ class StackSettings:
     producer_rate: float
     producer_sensors: int
     producer_bad_rate: float
-    stream_autostart: bool = True
+    unpause_dags: tuple[str, ...] = ("iot_stream", "iot_aggregates", "iot_retention")
 
     # ---- derived paths -------------------------------------------------------------
     @property
@@ -233,5 +233,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         producer_rate=env.get_float("PRODUCER_RATE", 50.0),
         producer_sensors=env.get_int("PRODUCER_SENSORS", 50),
         producer_bad_rate=env.get_float("PRODUCER_BAD_RATE", 0.005),
-        stream_autostart=env.get_bool("STREAM_DAG_AUTOSTART", True),
+        unpause_dags=tuple(d.strip() for d in env.get("AIRFLOW_UNPAUSE_DAGS",
+                                                      "iot_stream,iot_aggregates,iot_retention").split(",")
+                           if d.strip()),
     )
