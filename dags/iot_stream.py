@@ -21,7 +21,7 @@ from orchestration.stream import STREAM_APPLICATION, STREAM_PARAMS, stream_appli
 DEFAULT_ARGS = {
     "owner": "data-platform",
     "retries": 3,
-    "retry_delay": timedelta(seconds=10),
+    "retry_delay": timedelta(seconds=5),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=2),
 }

@@ -98,8 +98,13 @@ def read_window(spark: SparkSession, settings: AggregateSettings) -> DataFrame:
 
 def compute(spark: SparkSession, settings: AggregateSettings) -> tuple[list, list, int]:
     """Return the city rows, the sensor rows and the bronze rows read, for the window."""
+    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
+    if not DeltaTable.isDeltaTable(spark, settings.bronze_path):
+        # a fresh install: the stream creates bronze with its first micro-batch
+        log.warning("no Delta table at %s yet: the window has no readings", settings.bronze_path)
+        return [], [], 0
     bronze = read_window(spark, settings).persist()
     try:
         readings = hourly_readings(validate(parse(bronze_as_kafka(bronze))), settings.thresholds,

@@ -136,6 +136,7 @@ class BatchProcessor:
         self.stopping = False
         self.end_offsets: dict[int, int] | None = None
         self.batches = 0
+        self.last_batch_id = -1  # the last batch this process wrote to every sink
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         """Process one micro-batch; raise on any failure (the batch is then not committed)."""
@@ -192,6 +193,7 @@ class BatchProcessor:
             batch.unpersist()
         self.end_offsets = end_offsets
         self.batches += 1
+        self.last_batch_id = batch_id
         log.info("batch %d: in=%d valid=%d quarantined=%d inserted=%d duplicates=%d behind=%d %s in %.2fs "
                  "(validate %d ms, bronze %d ms, quarantine %d ms)",
                  batch_id, rows_in, len(lines), quarantined, result.inserted, result.duplicates, behind,
@@ -211,6 +213,26 @@ def build_query(source: DataFrame, processor: BatchProcessor, trigger: dict, che
             .foreachBatch(processor)
             .trigger(**trigger)
             .start())
+
+
+def last_committed_batch(query: StreamingQuery) -> int:
+    """Return the id of the query's last batch recorded as done (its progress follows its commit)."""
+    progress = query.lastProgress
+    if progress is None:
+        return -1
+    batch_id = getattr(progress, "batchId", None)
+    return int(batch_id if batch_id is not None else progress["batchId"])
+
+
+def wait_for_checkpoint_commit(query: StreamingQuery, batch_id: int, timeout_s: float) -> None:
+    """Wait until the query has recorded `batch_id` as committed, or is no longer active."""
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and last_committed_batch(query) < batch_id:
+        if time.monotonic() > deadline:
+            log.warning("batch %d not recorded as committed after %.0f s; stopping anyway (it is replayed, "
+                        "idempotently, on the next start)", batch_id, timeout_s)
+            return
+        query.awaitTermination(0.2)
 
 
 def poll_maintenance(maintenance: LakeMaintenance, processor: BatchProcessor, spark: SparkSession) -> None:
@@ -277,8 +299,12 @@ def _run_locked(spark: SparkSession, settings: StreamSettings, trigger: dict, st
             log.info("stop requested: letting the running micro-batch finish")
             with processor.lock:  # waits for a batch in progress to complete its writes
                 processor.stopping = True
+            # Spark writes the batch's commit to the checkpoint after our function returns;
+            # stopping before that would leave a batch written to every sink but not committed.
+            wait_for_checkpoint_commit(query, processor.last_batch_id, timeout_s=120)
             query.stop()
-            log.info("stopped cleanly after %d batches", processor.batches)
+            log.info("stopped cleanly after %d batches (last committed batch %d)", processor.batches,
+                     processor.last_batch_id)
             return 0
         exc = query.exception()
         if exc is not None:

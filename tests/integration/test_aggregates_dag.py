@@ -4,6 +4,7 @@ lake, exact figures worked out here from what was sent, then a rerun that change
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -109,3 +110,15 @@ def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, d
     city, sensor = table(p, "sensor_readings_hourly_city"), table(p, "sensor_readings_hourly_sensor")
     assert dag_runner.test("iot_aggregates", h0 + timedelta(hours=2), conf) == "success"  # rerun of hour 1
     assert (table(p, "sensor_readings_hourly_city"), table(p, "sensor_readings_hourly_sensor")) == (city, sensor)
+
+
+def test_a_window_before_bronze_exists_has_no_readings(stack, lake):
+    from jobs.aggregates import AggregateSettings, compute
+    from jobs.transform import Thresholds
+
+    h = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    settings = AggregateSettings(start=h, end=h + timedelta(hours=1),
+                                 bronze_path=f"s3a://{stack.bucket}/tests/none-{uuid.uuid4().hex[:8]}/bronze",
+                                 pg_schema="unused", pg_connect={}, thresholds=Thresholds(), lateness_hours=2,
+                                 anomaly_delta_c=10.0)
+    assert compute(lake, settings) == ([], [], 0)

@@ -52,7 +52,7 @@ def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pip
     p = pipeline
     api = airflow_api(stack)
     producer_log = tmp_path / "producer.log"
-    producer = start_producer(p, producer_log, "--rate", "100", "--seed", str(SEED), "--sensors", str(SENSORS),
+    producer = start_producer(p, producer_log, "--rate", "40", "--seed", str(SEED), "--sensors", str(SENSORS),
                               "--bad-rate", str(BAD_RATE))
     conf = {"topic": p.topic, "pg_schema": p.schema, "checkpoint": p.path("checkpoint"),
             "bronze_path": p.path("bronze"), "quarantine_path": p.path("quarantine"), "query_name": p.name}
