@@ -15,15 +15,24 @@ from stack.settings import REPO_ROOT, StackSettings
 class DagRunner:
     """Parses the project's DAG files and runs one with dag.test()."""
 
-    def __init__(self) -> None:
+    def __init__(self, stack: StackSettings) -> None:
         from airflow.dag_processing.dagbag import DagBag
 
+        self.api = airflow_api(stack)
         self.bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
         assert self.bag.import_errors == {}, self.bag.import_errors
 
     def test(self, dag_id: str, logical_date: datetime, conf: dict) -> str:
-        """Run the DAG for `logical_date` with `conf`; return the run's final state."""
-        run = self.bag.dags[dag_id].test(logical_date=logical_date, run_conf=conf)
+        """Run the DAG for `logical_date` with `conf`; return the run's final state.
+
+        The DAG is paused meanwhile: `make up` unpauses it, and the running scheduler would
+        otherwise also pick up the test run's task instances and run them a second time."""
+        was_paused = self.api.dag(dag_id)["is_paused"]
+        self.api.set_paused(dag_id, True)
+        try:
+            run = self.bag.dags[dag_id].test(logical_date=logical_date, run_conf=conf)
+        finally:
+            self.api.set_paused(dag_id, was_paused)
         return str(run.state)
 
 

@@ -53,4 +53,4 @@ def dag_runner(stack):
     from tests.integration.airflow_kit import DagRunner, use_airflow_environment
 
     use_airflow_environment(stack)
-    return DagRunner()
+    return DagRunner(stack)

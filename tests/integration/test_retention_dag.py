@@ -4,6 +4,8 @@ record while it carries out the maintenance between two micro-batches."""
 
 from __future__ import annotations
 
+import json
+import signal
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +18,7 @@ from tests.integration.pipeline_kit import Pipeline, expected_from_seed, send_st
 
 pytestmark = pytest.mark.integration
 
-SEED, SENSORS, BAD_RATE, COUNT = 91, 12, 0.05, 6000
+SEED, SENSORS, BAD_RATE = 91, 12, 0.05
 OLD_VALID, OLD_BAD = 40, 10
 RETENTION_ENV = {"RETENTION_POSTGRES_DAYS": "30", "RETENTION_LAKE_DAYS": "30", "RETENTION_VACUUM_HOURS": "168",
                  "KAFKA_TOPIC_RETENTION_HOURS": "72", "RETENTION_DELETE_BATCH_ROWS": "7"}
@@ -50,7 +52,9 @@ def test_retention_while_the_stream_runs(stack, lake, pipeline, dag_runner, tmp_
     now = datetime.now(UTC)
     send_stamped(p, old_records(now))
     producer_log = tmp_path / "producer.log"
-    producer = start_producer(p, producer_log, "--rate", "50", "--count", str(COUNT), "--seed", str(SEED),
+    # runs until SIGTERM, so batches keep coming before and after the maintenance however
+    # loaded the machine is; what it sent is the first N records of its seeded sequence
+    producer = start_producer(p, producer_log, "--rate", "50", "--seed", str(SEED),
                               "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
     driver = p.start(tmp_path / "driver.log", "--trigger-seconds", "1")
     try:
@@ -63,10 +67,16 @@ def test_retention_while_the_stream_runs(stack, lake, pipeline, dag_runner, tmp_
         state = dag_runner.test("iot_retention", logical, {"pg_schema": p.schema, "topic": p.topic,
                                                             "query_name": p.name})
         assert state == "success"
-        assert producer.wait(timeout=240) == 0, producer_log.read_text()[-3000:]
-        total_new = COUNT
+        wait_for("a batch after the maintenance", lambda: p.query(
+            "select count(*) from {schema}.stream_health h, {schema}.lake_maintenance m "
+            "where h.rows_in > 0 and h.batch_started_at > m.finished_at")[0][0] > 0, 180)
+        producer.send_signal(signal.SIGTERM)
+        assert producer.wait(timeout=120) == 0, producer_log.read_text()[-3000:]
+        summary = json.loads(next(x for x in producer_log.read_text().splitlines()
+                                  if x.startswith("PRODUCER_SUMMARY ")).removeprefix("PRODUCER_SUMMARY "))
+        count = summary["acked"]
         wait_for("the stream to drain the topic",
-                 lambda: p.health_totals()["rows_in"] == OLD_VALID + OLD_BAD + total_new, 300)
+                 lambda: p.health_totals()["rows_in"] == OLD_VALID + OLD_BAD + count, 300)
         assert p.stop(driver) == 0, (tmp_path / "driver.log").read_text()[-4000:]
     finally:
         if producer.poll() is None:
@@ -77,7 +87,7 @@ def test_retention_while_the_stream_runs(stack, lake, pipeline, dag_runner, tmp_
     assert "lake maintenance 1 done" in log
 
     # PostgreSQL: the old rows are gone, every recent valid reading is there exactly once
-    expected = expected_from_seed(COUNT, SEED, SENSORS, BAD_RATE)
+    expected = expected_from_seed(count, SEED, SENSORS, BAD_RATE)
     assert set(p.curated_ids()) == expected.valid_ids
     assert len(p.curated_ids()) == len(expected.valid_ids)
 
@@ -100,9 +110,9 @@ def test_retention_while_the_stream_runs(stack, lake, pipeline, dag_runner, tmp_
     cutoff = (logical - timedelta(days=30)).date()
     bronze = lake.read.format("delta").load(p.path("bronze"))
     assert bronze.where(f"kafka_date < '{cutoff}'").count() == 0
-    assert bronze.count() == COUNT
-    assert bronze.select("partition", "offset").distinct().count() == COUNT
-    bad_new = COUNT - len(expected.valid_ids) - expected.duplicates
+    assert bronze.count() == count
+    assert bronze.select("partition", "offset").distinct().count() == count
+    bad_new = count - len(expected.valid_ids) - expected.duplicates
     quarantine = lake.read.format("delta").load(p.path("quarantine"))
     assert quarantine.count() == bad_new
     history = lake.sql(f"describe history delta.`{p.path('bronze')}`").select("operation", "userMetadata").collect()
