@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from common.contract import MAX_FUTURE_SKEW_SECONDS
 from common.env import Env
+from jobs.session import pg_connect_kwargs
 from jobs.transform import (
     CITY_AGGREGATE_COLUMNS,
     SENSOR_AGGREGATE_COLUMNS,
@@ -205,11 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         start=start, end=end,
         bronze_path=args.bronze_path or env.get("BRONZE_PATH", f"s3a://{bucket}/bronze/sensor_readings"),
         pg_schema=args.pg_schema or env.get("PIPELINE_SCHEMA", "iot"),
-        pg_connect={
-            "host": env.get("POSTGRES_HOST", "127.0.0.1"), "port": env.get_int("POSTGRES_PORT", 5432),
-            "dbname": env.get("POSTGRES_DB", "iot"), "user": env.get("PIPELINE_DB_USER", "iot_writer"),
-            "password": env.require("PIPELINE_DB_PASSWORD"),
-        },
+        pg_connect=pg_connect_kwargs(env),
         thresholds=Thresholds.from_env(env),
         lateness_hours=args.lateness_hours,
         anomaly_delta_c=env.get_float("AGGREGATES_ANOMALY_DELTA_C", 10.0),

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from common.env import Env
 from jobs.maintenance import LakeMaintenance, WriterLock
+from jobs.session import pg_connect_kwargs
 from jobs.sinks import DeltaSink, PostgresSink, curated_csv_column
 from jobs.transform import Thresholds, parse, quarantine, summarize, to_bronze, validate
 
@@ -72,11 +73,7 @@ class StreamSettings:
             bronze_path=env.get("BRONZE_PATH", f"s3a://{bucket}/bronze/sensor_readings"),
             quarantine_path=env.get("QUARANTINE_PATH", f"s3a://{bucket}/quarantine/sensor_readings"),
             pg_schema=env.get("PIPELINE_SCHEMA", "iot"),
-            pg_connect={
-                "host": env.get("POSTGRES_HOST", "127.0.0.1"), "port": env.get_int("POSTGRES_PORT", 5432),
-                "dbname": env.get("POSTGRES_DB", "iot"), "user": env.get("PIPELINE_DB_USER", "iot_writer"),
-                "password": env.require("PIPELINE_DB_PASSWORD"),
-            },
+            pg_connect=pg_connect_kwargs(env),
             trigger_seconds=env.get_float("STREAM_TRIGGER_SECONDS", 5.0),
             max_offsets_per_trigger=env.get_int("STREAM_MAX_OFFSETS_PER_TRIGGER", 50_000),
             query_name=env.get("STREAM_QUERY_NAME", "sensor_readings"),
