@@ -101,9 +101,11 @@ def init_postgres(s: StackSettings) -> list[str]:
 
 
 PIPELINE_TABLES_SQL = ("002_pipeline_tables.sql", "003_batch_tables.sql")
+MARTS_SQL = "004_marts.sql"
 
 
-def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema: str = "iot") -> list[str]:
+def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema: str = "iot",
+              marts_schema: str = "marts") -> list[str]:
     """Apply sql/NNN_*.sql (or `files`) in order with psql; each file is idempotent."""
     psql = shutil.which("psql")
     if not psql:
@@ -115,7 +117,8 @@ def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema
             [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", s.pg_host, "-p", str(s.pg_port),
              "-U", s.pg_superuser, "-d", s.pg_db,
              "-v", f"writer_role={s.pg_writer}", "-v", f"bi_role={s.pg_bi}",
-             "-v", f"pipeline_schema={pipeline_schema}", "-f", str(path)],
+             "-v", f"pipeline_schema={pipeline_schema}", "-v", f"marts_schema={marts_schema}",
+             "-f", str(path)],
             env=env, capture_output=True, text=True,
         )
         if result.returncode != 0:
@@ -123,8 +126,14 @@ def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema
     return [p.name for p in files]
 
 
-def create_pipeline_schema(s: StackSettings, schema: str) -> None:
-    """Create `schema` owned by the writer with the pipeline's tables (for tests)."""
+def marts_schema_of(schema: str) -> str:
+    """Return the name of the marts schema that goes with a test's pipeline schema."""
+    return f"{schema}_marts"
+
+
+def create_pipeline_schema(s: StackSettings, schema: str, marts: bool = False) -> None:
+    """Create `schema` owned by the writer with the pipeline's tables (for tests); with
+    `marts`, also the marts views over them in `marts_schema_of(schema)`."""
     from psycopg2 import sql
 
     with _connect(s, s.pg_superuser, s.pg_superuser_password, s.pg_db) as conn, conn.cursor() as cur:
@@ -132,6 +141,8 @@ def create_pipeline_schema(s: StackSettings, schema: str) -> None:
             sql.Identifier(schema), sql.Identifier(s.pg_writer)))
     conn.close()
     apply_sql(s, [s.repo / "sql" / name for name in PIPELINE_TABLES_SQL], pipeline_schema=schema)
+    if marts:
+        apply_sql(s, [s.repo / "sql" / MARTS_SQL], pipeline_schema=schema, marts_schema=marts_schema_of(schema))
 
 
 def drop_pipeline_schema(s: StackSettings, schema: str) -> None:
@@ -141,7 +152,8 @@ def drop_pipeline_schema(s: StackSettings, schema: str) -> None:
     if schema == "iot":
         raise ValueError("refusing to drop the pipeline's own schema")
     with _connect(s, s.pg_superuser, s.pg_superuser_password, s.pg_db) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(schema)))
+        for name in (marts_schema_of(schema), schema):
+            cur.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(name)))
     conn.close()
 
 

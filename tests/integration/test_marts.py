@@ -1,0 +1,137 @@
+"""The SQL marts (sql/004_marts.sql) on known rows: the exact figures each view returns, read
+as the BI role, which may read the marts and nothing else."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import psycopg2
+import pytest
+from psycopg2 import errors, sql
+
+from stack.init import create_pipeline_schema, drop_pipeline_schema, marts_schema_of
+
+pytestmark = pytest.mark.integration
+
+SAO_PAULO = ZoneInfo("America/Sao_Paulo")
+
+
+def local(at: datetime) -> datetime:
+    """Wall-clock time in America/Sao_Paulo, as the marts show it (worked out here with zoneinfo)."""
+    return at.astimezone(SAO_PAULO).replace(tzinfo=None)
+
+
+@pytest.fixture
+def schemas(stack):
+    name = f"t{uuid.uuid4().hex[:10]}"
+    create_pipeline_schema(stack, name, marts=True)
+    yield name, marts_schema_of(name)
+    drop_pipeline_schema(stack, name)
+
+
+def connect(stack, user: str, password: str):
+    conn = psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=stack.pg_db, user=user,
+                            password=password, connect_timeout=10)
+    conn.autocommit = True
+    return conn
+
+
+def test_marts_return_the_exact_figures_of_known_rows(stack, schemas):
+    schema, marts = schemas
+    writer = connect(stack, stack.pg_writer, stack.pg_writer_password)
+    with writer.cursor() as cur:
+        cur.execute("select date_trunc('minute', now()), now()")
+        m0, t0 = cur.fetchone()
+        readings = [  # (city, temperature, humidity, status, event time)
+            ("Recife", 30.0, 60.0, "OK", m0 - timedelta(minutes=2) + timedelta(seconds=10)),
+            ("Recife", 41.0, 50.0, "CRITICAL", m0 - timedelta(minutes=1) + timedelta(seconds=5)),
+            ("Curitiba", 10.0, 95.0, "WARNING", m0 - timedelta(minutes=3)),
+            ("Salvador", 25.0, 50.0, "OK", m0 - timedelta(minutes=30)),
+            ("Salvador", 27.0, 52.0, "OK", m0 - timedelta(minutes=30) + timedelta(seconds=30)),
+            ("São Paulo", 20.0, 50.0, "OK", m0 - timedelta(hours=2)),
+        ]
+        for seq, (city, t, h, status, at) in enumerate(readings):
+            cur.execute(sql.SQL("insert into {}.sensor_readings (event_id, sensor_id, seq, city, temperature_c, "
+                                "humidity_pct, status, event_time, kafka_topic, kafka_partition, kafka_offset) "
+                                "values (%s, %s, %s, %s, %s, %s, %s, %s, 'marts-test', 0, %s)").format(
+                sql.Identifier(schema)), (str(uuid.uuid4()), f"{city[:3]}-s0", seq, city, t, h, status, at, seq))
+        batches = [  # (batch id, finished, rows in, quarantined, offsets behind)
+            (1, t0 - timedelta(minutes=10), 1000, 50, 500),
+            (2, t0 - timedelta(minutes=2), 600, 6, 40),
+            (3, t0 - timedelta(seconds=60), 300, 3, 12),
+        ]
+        for batch_id, finished, rows_in, quarantined, behind in batches:
+            cur.execute(sql.SQL("insert into {}.stream_health (query_id, batch_id, batch_started_at, "
+                                "batch_finished_at, rows_in, rows_valid, rows_quarantined, rows_inserted, duplicates, "
+                                "rule_failures, validate_ms, postgres_ms, end_offsets, offsets_behind) values "
+                                "('q', %s, %s, %s, %s, %s, %s, %s, 0, '{{}}', 1, 1, '{{}}', %s)").format(
+                sql.Identifier(schema)),
+                (batch_id, finished, finished, rows_in, rows_in - quarantined, quarantined, rows_in - quarantined,
+                 behind))
+        hour = datetime(2026, 11, 26, 15, tzinfo=UTC)
+        cur.execute(sql.SQL("insert into {}.sensor_readings_hourly_city values (%s, 'Recife', 120, 4, 20.5, 25.125, "
+                            "31.5, 30.9, 40.0, 55.5, 70.0, 68.0, 100, 15, 5, 2)").format(sql.Identifier(schema)),
+                    (hour,))
+    writer.close()
+
+    started = time.monotonic()
+    bi = connect(stack, stack.pg_bi, stack.pg_bi_password)
+    with bi.cursor() as cur:
+        def rows(view: str, order: str = "") -> list[tuple]:
+            cur.execute(sql.SQL("select * from {}.{} " + order).format(sql.Identifier(marts), sql.Identifier(view)))
+            return cur.fetchall()
+
+        kpis = rows("current_kpis")
+        assert [k[:5] for k in kpis] == [(5, 3, Decimal("27.00"), Decimal("68.33"), Decimal("0.01"))]
+
+        assert rows("city_board") == [
+            ("Recife", "CRITICAL", 41.0, 50.0, "Rec-s0", local(readings[1][4]).replace(microsecond=0), 1),
+            ("Curitiba", "WARNING", 10.0, 95.0, "Cur-s0", local(readings[2][4]), 2),
+            ("Salvador", "OK", 27.0, 52.0, "Sal-s0", local(readings[4][4]), 3),
+        ]
+
+        assert rows("temperature_per_minute", "order by minute_local, city") == [
+            (local(m0 - timedelta(minutes=30)), "Salvador", Decimal("26.00"), 2),
+            (local(m0 - timedelta(minutes=3)), "Curitiba", Decimal("10.00"), 1),
+            (local(m0 - timedelta(minutes=2)), "Recife", Decimal("30.00"), 1),
+            (local(m0 - timedelta(minutes=1)), "Recife", Decimal("41.00"), 1),
+        ]
+
+        assert rows("hourly_city") == [(datetime(2026, 11, 26, 12, 0), "Recife", 120, 4, 20.5, Decimal("25.125"), 31.5,
+                                        30.9, 40.0, Decimal("55.500"), 70.0, 68.0, 100, 15, 5, 2)]
+
+        (last_local, age, behind, batches_5m, rows_per_s, quarantine_pct), = rows("pipeline_health")
+        elapsed = time.monotonic() - started
+        assert last_local == local(batches[2][1]).replace(microsecond=0) or \
+            last_local == local(batches[2][1] + timedelta(seconds=1)).replace(microsecond=0)
+        assert 60 <= age <= 60 + elapsed + 1
+        assert (behind, batches_5m, rows_per_s, quarantine_pct) == (12, 2, Decimal("3.00"), Decimal("1.00"))
+
+        # the BI role reads the marts only, and cannot write
+        with pytest.raises(errors.InsufficientPrivilege):
+            cur.execute(sql.SQL("select count(*) from {}.sensor_readings").format(sql.Identifier(schema)))
+        with pytest.raises((errors.InsufficientPrivilege, errors.ReadOnlySqlTransaction)):
+            cur.execute(sql.SQL("create view {}.mine as select 1").format(sql.Identifier(marts)))
+    bi.close()
+
+
+def test_empty_tables_give_one_row_of_kpis_and_health_and_empty_boards(stack, schemas):
+    _, marts = schemas
+    bi = connect(stack, stack.pg_bi, stack.pg_bi_password)
+    with bi.cursor() as cur:
+        counts = {}
+        for view in ("current_kpis", "city_board", "temperature_per_minute", "hourly_city", "pipeline_health"):
+            cur.execute(sql.SQL("select count(*) from {}.{}").format(sql.Identifier(marts), sql.Identifier(view)))
+            counts[view] = cur.fetchone()[0]
+        assert counts == {"current_kpis": 1, "city_board": 0, "temperature_per_minute": 0, "hourly_city": 0,
+                          "pipeline_health": 1}
+        cur.execute(sql.SQL("select readings, mean_temperature_c from {}.current_kpis").format(sql.Identifier(marts)))
+        assert cur.fetchone() == (0, None)
+        cur.execute(sql.SQL("select last_batch_age_seconds, batches_last_5_min, quarantine_rate_pct "
+                            "from {}.pipeline_health").format(sql.Identifier(marts)))
+        assert cur.fetchone() == (None, 0, None)
+    bi.close()
