@@ -5,10 +5,13 @@ STACKCTL := stack/bin/stackctl
 PY := $(STACKCTL) python
 
 .DEFAULT_GOAL := help
-.PHONY: help up down status clean test test-unit test-integration lint lock sql
+.PHONY: help env up down status clean test test-unit test-integration lint lock sql
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+env:  ## create .env with generated secrets (the Docker quick start's first step; no venv needed)
+	python3 -m stack.settings
 
 up:  ## install what is missing, start and health-check every service on 127.0.0.1
 	$(STACKCTL) up

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from common.env import Env
 from producer.bad_events import BAD_CATEGORIES
@@ -153,6 +154,9 @@ def build_parser(env: Env) -> argparse.ArgumentParser:
     g.add_argument("--stats-interval", type=_non_negative_float("--stats-interval"), default=10.0,
                    help="seconds between one-line stats logs of unbounded runs (default 10)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar for bounded runs")
+    g.add_argument("--heartbeat-file", type=Path, metavar="PATH",
+                   help="touch PATH at each stats interval in which Kafka acknowledged new records, "
+                        "for a container health check (the file's age says whether delivery works)")
     return p
 
 
@@ -185,6 +189,7 @@ def run(args: argparse.Namespace, sink: EventSink, stream: EventStream, stopper:
     t0 = time.monotonic()
     wall0 = time.time()
     last_stats, last_sent, last_progress = t0, 0, 0.0
+    last_acked = 0
     i = 0
     fatal = None
     while stopper.signal is None:
@@ -217,6 +222,9 @@ def run(args: argparse.Namespace, sink: EventSink, stream: EventStream, stopper:
                      (sink.sent - last_sent) / (now - last_stats), sink.acked, sink.failed,
                      sum(v for k, v in stream.counts.items() if k != VALID))
             last_stats, last_sent = now, sink.sent
+            if args.heartbeat_file is not None and sink.acked > last_acked:
+                args.heartbeat_file.touch()
+                last_acked = sink.acked
     if progress is not None:
         progress.update((i if args.count else min(time.monotonic() - t0, args.duration)) - last_progress)
         progress.close()

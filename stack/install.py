@@ -89,13 +89,24 @@ def _artifact(jar: str) -> str:
 
 
 def _drop_jars_shipped_by_pyspark(settings: StackSettings, dest: Path) -> None:
-    wheel_jars = settings.venv.glob("lib/python3*/site-packages/pyspark/jars/*.jar")
-    shipped = {_artifact(p.name) for p in wheel_jars}
-    if not shipped:
+    wheel_jars = list(settings.venv.glob("lib/python3*/site-packages/pyspark/jars/*.jar"))
+    if not wheel_jars:
         raise MissingPrerequisite(f"no pyspark jars under {settings.venv}: the venv is incomplete")
-    for jar in dest.glob("*.jar"):
+    drop_jars_shipped_by(wheel_jars, dest)
+
+
+def drop_jars_shipped_by(wheel_jars: list[Path], dest: Path) -> list[str]:
+    """Delete the jars in `dest` whose artifact is among `wheel_jars`; return their names.
+
+    Shared by `make up` and the Docker image build (stack/image.py).
+    """
+    shipped = {_artifact(p.name) for p in wheel_jars}
+    dropped = []
+    for jar in sorted(dest.glob("*.jar")):
         if _artifact(jar.name) in shipped:
             jar.unlink()
+            dropped.append(jar.name)
+    return dropped
 
 
 def build_go_binaries(settings: StackSettings) -> bool:

@@ -27,6 +27,8 @@ GENERATED_SECRETS = (
     "AIRFLOW_JWT_SECRET",
     "AIRFLOW_API_SECRET_KEY",
     "AIRFLOW_FERNET_KEY",
+    "METABASE_DB_PASSWORD",
+    "METABASE_ADMIN_PASSWORD",
 )
 
 
@@ -237,3 +239,21 @@ def load_settings(env: Env | None = None) -> StackSettings:
                                                       "iot_stream,iot_aggregates,iot_retention").split(",")
                            if d.strip()),
     )
+
+
+def main() -> int:
+    """Create `.env` (or fill its missing secrets) and say what was written.
+
+    `make env` runs this with the system's python3 and no virtualenv (this module needs only
+    the standard library): the first step of the Docker quick start.
+    """
+    written = ensure_env_file()
+    if written:
+        print(f"{ENV_FILE}: generated {', '.join(written)}")
+    else:
+        print(f"{ENV_FILE}: complete, nothing to generate")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

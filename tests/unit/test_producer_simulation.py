@@ -306,3 +306,34 @@ def test_fleet_metadata_is_seeded_and_near_its_city():
         assert abs(meta.lat - city.lat) <= 0.08
         assert abs(meta.lon - city.lon) <= 0.08
         assert meta.serial.startswith("SN-")
+
+
+class _StopAfter:
+    """A sink that stops the run after `n` sends; `acks` says whether Kafka acknowledges them."""
+
+    def __init__(self, stopper, n: int, acks: bool) -> None:
+        self.stopper, self.n, self.acks = stopper, n, acks
+        self.sent = self.acked = self.failed = 0
+
+    def send(self, key: bytes, value: bytes) -> None:
+        self.sent += 1
+        self.acked += self.acks
+        if self.sent >= self.n:
+            self.stopper.signal = 15
+
+    def flush(self, timeout_s: float) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("acks", "touched"), [(True, True), (False, False)])
+def test_heartbeat_file_is_touched_only_when_kafka_acknowledged_records(tmp_path, acks, touched):
+    from common.env import Env
+    from producer.cli import Stopper, build_parser, run
+
+    heartbeat = tmp_path / "heartbeat"
+    args = build_parser(Env({})).parse_args(
+        ["--rate", "0", "--stats-interval", "0.000001", "--heartbeat-file", str(heartbeat)])
+    stopper = Stopper()
+    summary = run(args, _StopAfter(stopper, 2000, acks), EventStream(Fleet(5, 1, "hb")), stopper)
+    assert summary["sent"] == 2000
+    assert heartbeat.exists() is touched
