@@ -135,3 +135,19 @@ def test_empty_tables_give_one_row_of_kpis_and_health_and_empty_boards(stack, sc
                             "from {}.pipeline_health").format(sql.Identifier(marts)))
         assert cur.fetchone() == (None, 0, None)
     bi.close()
+
+
+def test_every_card_of_the_dashboard_spec_runs_as_the_bi_role_and_has_its_columns(stack, schemas):
+    from dashboards.spec import load
+
+    _, marts = schemas
+    bi = connect(stack, stack.pg_bi, stack.pg_bi_password)
+    with bi.cursor() as cur:
+        for card in load().cards:
+            cur.execute(card.query.replace("marts.", f'"{marts}".'))
+            names = [d.name for d in cur.description]
+            assert set(card.columns()) <= set(names), card.key
+            if card.kind == "number":
+                assert names == [card.visualization["value"]], card.key
+                assert len(cur.fetchall()) == 1, card.key
+    bi.close()

@@ -1,0 +1,1 @@
+"""Dashboards as code: one spec (spec.yaml), provisioners for Metabase and Superset."""

@@ -1,0 +1,244 @@
+"""Provision Metabase from dashboards/spec.yaml through its REST API, idempotently.
+
+    python -m dashboards.metabase --url http://metabase:3000
+
+On a fresh Metabase it completes the setup (admin from METABASE_ADMIN_EMAIL and
+METABASE_ADMIN_PASSWORD); later runs log in. Then it creates or updates, by name: the
+PostgreSQL data source (the read-only BI role: BI_DB_USER / BI_DB_PASSWORD on POSTGRES_HOST),
+a collection, one native-query card per spec card, and the dashboard with the cards at their
+positions. A second run changes nothing it does not need to, and never duplicates. No dump of
+Metabase's application database is involved.
+
+Metabase keeps no auto-refresh setting on a dashboard: auto-refresh is part of the URL
+(`#refresh=60`), which this prints. The Docker stack runs it as the `metabase-provision` job.
+Endpoints used (Metabase API docs): GET /api/health, GET /api/session/properties, POST
+/api/setup, POST /api/session, GET/POST /api/database, PUT /api/database/:id, GET/POST
+/api/collection, GET /api/collection/:id/items, POST /api/card, PUT /api/card/:id, POST
+/api/dashboard, GET/PUT /api/dashboard/:id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.env import Env, MissingSetting
+from dashboards.spec import SPEC_PATH, Card, Dashboard, SpecError, load
+
+log = logging.getLogger("dashboards.metabase")
+
+DATABASE_NAME = "IoT lakehouse (marts)"
+COLLECTION_NAME = "IoT lakehouse"
+DISPLAY = {"number": "scalar", "table": "table", "line": "line", "bar": "bar"}
+
+
+class MetabaseError(RuntimeError):
+    """Metabase answered with an error; the message has the method, path, status and body."""
+
+
+@dataclass
+class Client:
+    """A minimal JSON client for Metabase's REST API (session header X-Metabase-Session)."""
+
+    url: str
+    timeout: float = 30.0
+    session: str | None = None
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url.rstrip("/") + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.session:
+            req.add_header("X-Metabase-Session", self.session)
+        self.calls.append((method, path.split("?")[0]))
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            raise MetabaseError(f"{method} {path}: HTTP {exc.code}: {exc.read().decode()[:500]}") from exc
+        return json.loads(text) if text else None
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def post(self, path: str, body: dict):
+        return self.request("POST", path, body)
+
+    def put(self, path: str, body: dict):
+        return self.request("PUT", path, body)
+
+
+@dataclass(frozen=True)
+class Settings:
+    admin_email: str
+    admin_password: str
+    pg_host: str
+    pg_port: int
+    pg_db: str
+    bi_user: str
+    bi_password: str
+
+    @classmethod
+    def from_env(cls, env: Env) -> Settings:
+        return cls(
+            admin_email=env.get("METABASE_ADMIN_EMAIL", "admin@example.com"),
+            admin_password=env.require("METABASE_ADMIN_PASSWORD", "run `make env` to generate it"),
+            pg_host=env.get("POSTGRES_HOST", "127.0.0.1"), pg_port=env.get_int("POSTGRES_PORT", 5432),
+            pg_db=env.get("POSTGRES_DB", "iot"), bi_user=env.get("BI_DB_USER", "iot_bi"),
+            bi_password=env.require("BI_DB_PASSWORD", "run `make env` to generate it"),
+        )
+
+
+def wait_until_healthy(client: Client, timeout: float) -> None:
+    """Poll GET /api/health until {"status": "ok"} or the deadline."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            if (client.get("/api/health") or {}).get("status") == "ok":
+                return
+            last = "not ok yet"
+        except (OSError, MetabaseError) as exc:  # not listening yet, or 503 while it migrates
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"Metabase at {client.url} not healthy within {timeout:.0f} s: {last}")
+        time.sleep(2)  # polling interval of the readiness probe
+
+
+def log_in(client: Client, s: Settings) -> str:
+    """Complete the first-run setup, or log in; set and return the session id."""
+    props = client.get("/api/session/properties")
+    if not props.get("has-user-setup"):
+        token = props.get("setup-token")
+        if not token:
+            raise MetabaseError("Metabase is not set up and offers no setup-token")
+        answer = client.post("/api/setup", {
+            "token": token,
+            "user": {"first_name": "IoT", "last_name": "Admin", "email": s.admin_email,
+                     "password": s.admin_password, "site_name": "IoT lakehouse"},
+            "prefs": {"site_name": "IoT lakehouse", "site_locale": "en", "allow_tracking": False},
+        })
+        log.info("completed Metabase's first-run setup (admin %s)", s.admin_email)
+    else:
+        answer = client.post("/api/session", {"username": s.admin_email, "password": s.admin_password})
+    client.session = answer["id"]
+    return client.session
+
+
+def _items(answer) -> list[dict]:
+    """Metabase lists are either a bare list or {"data": [...], "total": n}."""
+    return answer["data"] if isinstance(answer, dict) else answer
+
+
+def ensure_database(client: Client, s: Settings) -> int:
+    body = {"engine": "postgres", "name": DATABASE_NAME, "details": {
+        "host": s.pg_host, "port": s.pg_port, "dbname": s.pg_db, "user": s.bi_user,
+        "password": s.bi_password, "ssl": False, "schema-filters-type": "inclusion",
+        "schema-filters-patterns": "marts"}}
+    for db in _items(client.get("/api/database")):
+        if db["name"] == DATABASE_NAME:
+            client.put(f"/api/database/{db['id']}", body)
+            return db["id"]
+    created = client.post("/api/database", {**body, "is_full_sync": True})
+    log.info("added the data source %r (role %s)", DATABASE_NAME, s.bi_user)
+    return created["id"]
+
+
+def ensure_collection(client: Client) -> int:
+    for coll in _items(client.get("/api/collection")):
+        if coll.get("name") == COLLECTION_NAME and not coll.get("archived"):
+            return coll["id"]
+    return client.post("/api/collection", {"name": COLLECTION_NAME,
+                                           "description": "Provisioned from dashboards/spec.yaml"})["id"]
+
+
+def card_body(card: Card, database_id: int, collection_id: int) -> dict:
+    """The card as Metabase's POST/PUT /api/card body: a native query and its display."""
+    v = card.visualization
+    settings: dict = {"card.title": card.title}
+    if card.kind == "number":
+        settings["scalar.field"] = v["value"]
+    elif card.kind == "table":
+        settings["table.columns"] = [{"name": c, "enabled": True} for c in v["columns"]]
+    else:
+        settings["graph.dimensions"] = [v["x"], v["series"]]
+        settings["graph.metrics"] = [v["y"]]
+    return {
+        "name": card.title,
+        "description": f"spec card {card.key}, mart marts.{card.mart}",
+        "collection_id": collection_id,
+        "display": DISPLAY[card.kind],
+        "dataset_query": {"type": "native", "database": database_id, "native": {"query": card.query}},
+        "visualization_settings": settings,
+    }
+
+
+def provision(client: Client, s: Settings, spec: Dashboard) -> dict:
+    """Make Metabase match the spec; return {"dashboard_id", "card_ids", "url"}."""
+    log_in(client, s)
+    database_id = ensure_database(client, s)
+    collection_id = ensure_collection(client)
+    existing = {(i["model"], i["name"]): i["id"] for i in _items(
+        client.get(f"/api/collection/{collection_id}/items?models=card&models=dashboard"))}
+    card_ids: dict[str, int] = {}
+    for card in spec.cards:
+        body = card_body(card, database_id, collection_id)
+        if ("card", card.title) in existing:
+            card_ids[card.key] = existing[("card", card.title)]
+            client.put(f"/api/card/{card_ids[card.key]}", body)
+        else:
+            card_ids[card.key] = client.post("/api/card", body)["id"]
+            log.info("created card %r", card.title)
+    dashboard_id = existing.get(("dashboard", spec.title))
+    if dashboard_id is None:
+        dashboard_id = client.post("/api/dashboard", {"name": spec.title, "description": spec.description,
+                                                      "collection_id": collection_id})["id"]
+        log.info("created dashboard %r", spec.title)
+    current = {dc["card_id"]: dc["id"] for dc in client.get(f"/api/dashboard/{dashboard_id}").get("dashcards", [])}
+    dashcards = []
+    for n, card in enumerate(spec.cards, start=1):
+        p = card.position
+        dashcards.append({"id": current.get(card_ids[card.key], -n), "card_id": card_ids[card.key],
+                          "row": p.row, "col": p.col, "size_x": p.width, "size_y": p.height,
+                          "parameter_mappings": [], "visualization_settings": {}})
+    client.put(f"/api/dashboard/{dashboard_id}", {"name": spec.title, "description": spec.description,
+                                                  "dashcards": dashcards})
+    url = f"{client.url.rstrip('/')}/dashboard/{dashboard_id}#refresh={spec.refresh_seconds}"
+    return {"dashboard_id": dashboard_id, "card_ids": card_ids, "url": url}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dashboards.metabase", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:3000", help="Metabase's base URL (default %(default)s)")
+    parser.add_argument("--spec", type=Path, default=SPEC_PATH,
+                        help="the dashboard spec (default dashboards/spec.yaml)")
+    parser.add_argument("--wait", type=float, default=300.0,
+                        help="seconds to wait for Metabase to be healthy (default 300)")
+    args = parser.parse_args(argv)
+    if args.wait < 0:
+        parser.error("argument --wait: must be >= 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        spec = load(args.spec)
+        settings = Settings.from_env(Env())
+        client = Client(args.url)
+        wait_until_healthy(client, args.wait)
+        result = provision(client, settings, spec)
+    except (SpecError, MetabaseError, MissingSetting, TimeoutError, OSError) as exc:
+        print(f"metabase provisioning failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"dashboard: {result['url']}  (login {settings.admin_email})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
