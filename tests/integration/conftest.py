@@ -54,3 +54,12 @@ def dag_runner(stack):
 
     use_airflow_environment(stack)
     return DagRunner(stack)
+
+
+@pytest.fixture(scope="module")
+def spark_cluster(stack, tmp_path_factory):
+    """A real Spark standalone master and worker on 127.0.0.1:7077, for one test module."""
+    from stack.spark_cluster import StandaloneCluster
+
+    with StandaloneCluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
+        yield cluster

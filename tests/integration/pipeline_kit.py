@@ -35,6 +35,7 @@ class Pipeline:
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     partitions: int = 3
     topic_configs: dict = field(default_factory=dict)
+    master: str = "local[2]"  # or a standalone cluster's spark://127.0.0.1:7077
 
     @property
     def topic(self) -> str:
@@ -80,7 +81,7 @@ class Pipeline:
     # ---- running the job ---------------------------------------------------------------------
 
     def stream_args(self, *extra: str) -> list[str]:
-        return [str(REPO / "stack" / "bin" / "stackctl"), "spark-submit", "--master", "local[2]",
+        return [str(REPO / "stack" / "bin" / "stackctl"), "spark-submit", "--master", self.master,
                 str(REPO / "jobs" / "stream.py"), "--topic", self.topic, "--pg-schema", self.schema,
                 "--checkpoint", self.path("checkpoint"), "--bronze-path", self.path("bronze"),
                 "--quarantine-path", self.path("quarantine"), "--query-name", self.name, *extra]

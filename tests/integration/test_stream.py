@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +15,7 @@ from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import Fleet
 from producer.sinks import KafkaSink
 from producer.stream import VALID, EventStream, Record
-from tests.integration.pipeline_kit import Pipeline
+from tests.integration.pipeline_kit import REPO, Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +50,17 @@ def pipeline(stack):
     p.destroy()
 
 
-def test_end_to_end_then_replay_with_new_offsets(stack, lake, pipeline):
+@pytest.fixture(params=["local", "standalone"])
+def master(request) -> str:
+    """Spark in the driver's JVM, then a real standalone master and worker: the same exact counts."""
+    if request.param == "local":
+        return "local[2]"
+    return request.getfixturevalue("spark_cluster").master_url
+
+
+def test_end_to_end_then_replay_with_new_offsets(stack, lake, pipeline, master):
     p = pipeline
+    p.master = master
     stream = EventStream(Fleet(30, 11, "e2e"), bad_rate=0.3)
     now = time.time()
     records = [stream.next_record(now + i * 0.001) for i in range(900)]
@@ -101,6 +112,19 @@ def test_end_to_end_then_replay_with_new_offsets(stack, lake, pipeline):
     assert health["duplicates"] == duplicates + len(resent)
     assert lake.read.format("delta").load(p.path("bronze")).count() == 900 + len(resent)
     assert lake.read.format("delta").load(p.path("quarantine")).count() == len(bad)
+
+    if master.startswith("spark://"):
+        # the aggregates job on the same cluster, unchanged: each valid event counted once per city
+        hour = datetime.fromtimestamp(now, UTC).replace(minute=0, second=0, microsecond=0)
+        args = [*p.stream_args()[:4], str(REPO / "jobs" / "aggregates.py"), "--start", hour.isoformat(),
+                "--end", (hour + timedelta(hours=2)).isoformat(), "--bronze-path", p.path("bronze"),
+                "--pg-schema", p.schema]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        by_city = Counter(json.loads(r.value)["city"] for r in records if r.kind == VALID)
+        assert dict(p.query("select city, sum(readings)::int from {schema}.sensor_readings_hourly_city "
+                            "group by city")) == dict(by_city)
+        assert p.query("select sum(readings)::int from {schema}.sensor_readings_hourly_sensor") == [(len(valid_ids),)]
 
 
 def test_statuses_are_classified_from_thresholds(stack, pipeline):
