@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.env import Env, MissingSetting
-from dashboards.spec import SPEC_PATH, Card, Dashboard, SpecError, load
+from dashboards.spec import DASHBOARD_KEY, SPEC_PATH, Card, Dashboard, SpecError, card_description, load, spec_key_of
 
 log = logging.getLogger("dashboards.metabase")
 
@@ -173,7 +173,7 @@ def card_body(card: Card, database_id: int, collection_id: int) -> dict:
         settings["graph.metrics"] = [v["y"]]
     return {
         "name": card.title,
-        "description": f"spec card {card.key}, mart marts.{card.mart}",
+        "description": card_description(card),
         "collection_id": collection_id,
         "display": DISPLAY[card.kind],
         "dataset_query": {"type": "native", "database": database_id, "native": {"query": card.query}},
@@ -186,20 +186,22 @@ def provision(client: Client, s: Settings, spec: Dashboard) -> dict:
     log_in(client, s)
     database_id = ensure_database(client, s)
     collection_id = ensure_collection(client)
-    existing = {(i["model"], i["name"]): i["id"] for i in _items(
-        client.get(f"/api/collection/{collection_id}/items?models=card&models=dashboard"))}
+    items = _items(client.get(f"/api/collection/{collection_id}/items?models=card&models=dashboard"))
+    cards = {spec_key_of(i.get("description")): i["id"] for i in items if i["model"] == "card"}
     card_ids: dict[str, int] = {}
     for card in spec.cards:
         body = card_body(card, database_id, collection_id)
-        if ("card", card.title) in existing:
-            card_ids[card.key] = existing[("card", card.title)]
+        if card.key in cards:
+            card_ids[card.key] = cards[card.key]
             client.put(f"/api/card/{card_ids[card.key]}", body)
         else:
             card_ids[card.key] = client.post("/api/card", body)["id"]
             log.info("created card %r", card.title)
-    dashboard_id = existing.get(("dashboard", spec.title))
+    description = f"{spec.description}\n\nProvisioned from dashboards/spec.yaml (key: {DASHBOARD_KEY})."
+    dashboard_id = next((i["id"] for i in items if i["model"] == "dashboard"
+                         and f"(key: {DASHBOARD_KEY})" in (i.get("description") or "")), None)
     if dashboard_id is None:
-        dashboard_id = client.post("/api/dashboard", {"name": spec.title, "description": spec.description,
+        dashboard_id = client.post("/api/dashboard", {"name": spec.title, "description": description,
                                                       "collection_id": collection_id})["id"]
         log.info("created dashboard %r", spec.title)
     current = {dc["card_id"]: dc["id"] for dc in client.get(f"/api/dashboard/{dashboard_id}").get("dashcards", [])}
@@ -209,7 +211,7 @@ def provision(client: Client, s: Settings, spec: Dashboard) -> dict:
         dashcards.append({"id": current.get(card_ids[card.key], -n), "card_id": card_ids[card.key],
                           "row": p.row, "col": p.col, "size_x": p.width, "size_y": p.height,
                           "parameter_mappings": [], "visualization_settings": {}})
-    client.put(f"/api/dashboard/{dashboard_id}", {"name": spec.title, "description": spec.description,
+    client.put(f"/api/dashboard/{dashboard_id}", {"name": spec.title, "description": description,
                                                   "dashcards": dashcards})
     url = f"{client.url.rstrip('/')}/dashboard/{dashboard_id}#refresh={spec.refresh_seconds}"
     return {"dashboard_id": dashboard_id, "card_ids": card_ids, "url": url}

@@ -18,6 +18,22 @@ VISUALIZATIONS = {"number": ("value",), "table": ("columns",), "line": ("x", "y"
                   "bar": ("x", "y", "series")}
 
 
+DASHBOARD_KEY = "iot-monitoring"
+CARD_MARKER = re.compile(r"^spec card ([a-z][a-z0-9_]*);")
+
+
+def card_description(card: Card) -> str:
+    """The description both BI tools store on a card: provisioners find their cards by it, so a
+    renamed title updates the card instead of adding one."""
+    return f"spec card {card.key}; reads marts.{card.mart}"
+
+
+def spec_key_of(description: str | None) -> str | None:
+    """Return the spec key in a description written by card_description, else None."""
+    m = CARD_MARKER.match(description or "")
+    return m.group(1) if m else None
+
+
 class SpecError(ValueError):
     """The spec is malformed; the message names the card and the field."""
 

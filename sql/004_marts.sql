@@ -55,9 +55,15 @@ from :"pipeline_schema".sensor_readings
 where event_time >= date_trunc('minute', now()) - interval '59 minutes'
 group by 1, 2;
 
--- hourly_city: the hourly aggregates (iot_aggregates DAG, computed from the lake).
--- Grain: (hour, city).
+-- hourly_city: readings per hour per city. Hours the iot_aggregates DAG has computed from the
+-- lake (source 'lake'), then, for the hours after the last of those within the last 24, the same
+-- figures computed live from the curated rows (source 'live': the running hour, and a closed
+-- hour until its DAG run replaces it; no anomaly count). Grain: (hour, city).
 create or replace view :"marts_schema".hourly_city as
+with covered as (
+    select max(hour_start_utc) + interval '1 hour' as live_from
+    from :"pipeline_schema".sensor_readings_hourly_city
+)
 select
     hour_start_utc at time zone 'America/Sao_Paulo' as hour_local,
     city,
@@ -74,8 +80,32 @@ select
     ok_readings,
     warning_readings,
     critical_readings,
-    anomalies
-from :"pipeline_schema".sensor_readings_hourly_city;
+    anomalies,
+    'lake'::text as source
+from :"pipeline_schema".sensor_readings_hourly_city
+union all
+select
+    date_trunc('hour', r.event_time at time zone 'UTC') at time zone 'UTC' at time zone 'America/Sao_Paulo',
+    r.city,
+    count(*),
+    count(distinct r.sensor_id),
+    min(r.temperature_c),
+    round(avg(r.temperature_c)::numeric, 3)::numeric(8, 3),
+    max(r.temperature_c),
+    percentile_cont(0.95) within group (order by r.temperature_c),
+    min(r.humidity_pct),
+    round(avg(r.humidity_pct)::numeric, 3)::numeric(8, 3),
+    max(r.humidity_pct),
+    percentile_cont(0.95) within group (order by r.humidity_pct),
+    count(*) filter (where r.status = 'OK'),
+    count(*) filter (where r.status = 'WARNING'),
+    count(*) filter (where r.status = 'CRITICAL'),
+    null::bigint,
+    'live'::text
+from :"pipeline_schema".sensor_readings r, covered
+where r.event_time >= greatest(coalesce(covered.live_from, '-infinity'),
+                               date_trunc('hour', now() at time zone 'UTC') at time zone 'UTC' - interval '23 hours')
+group by 1, 2;
 
 -- pipeline_health: one row. The last micro-batch (when, how long ago, offsets still behind the
 -- topic's end) and the last 5 minutes of batches (how many, rows read per second, share of

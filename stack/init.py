@@ -254,3 +254,54 @@ def migrate_airflow(s: StackSettings) -> None:
                             env={**os.environ, **airflow_env(s)}, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+# ---- Superset ------------------------------------------------------------------------------
+
+def _superset(s: StackSettings, *args: str) -> subprocess.CompletedProcess:
+    from stack.services import superset_env
+
+    result = subprocess.run([str(s.superset_venv / "bin" / "superset"), *args],
+                            env={**os.environ, **superset_env(s)}, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"superset {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def init_superset(s: StackSettings) -> bool:
+    """Migrate Superset's metadata database, create (or reset) its admin, sync its roles.
+
+    Runs when the lock file or the admin's login changed since the last time (a stamp in
+    SUPERSET_HOME), about 2 minutes; return True if it ran.
+    """
+    import hashlib
+
+    lock = (s.repo / "stack" / "superset" / "requirements.lock").read_bytes()
+    digest = hashlib.sha256(lock + f"\0{s.superset_admin_user}\0{s.superset_admin_password}".encode()).hexdigest()
+    stamp = s.superset_home / ".initialised"
+    if stamp.exists() and stamp.read_text() == digest:
+        return False
+    log.info("initialising Superset: db upgrade, admin, roles (about 2 minutes the first time)")
+    _superset(s, "db", "upgrade")
+    created = _superset(s, "fab", "create-admin", "--username", s.superset_admin_user, "--firstname", "IoT",
+                        "--lastname", "Admin", "--email", f"{s.superset_admin_user}@localhost",
+                        "--password", s.superset_admin_password)
+    if "already exists" in created.stdout + created.stderr:
+        _superset(s, "fab", "reset-password", "--username", s.superset_admin_user,
+                  "--password", s.superset_admin_password)
+    _superset(s, "init")
+    stamp.write_text(digest)
+    return True
+
+
+def provision_superset(s: StackSettings) -> str:
+    """Provision the dashboard from dashboards/spec.yaml (idempotent); return its URL line."""
+    from stack.services import superset_env
+
+    result = subprocess.run(
+        [str(s.superset_venv / "bin" / "python"), "-m", "dashboards.superset",
+         "--url", f"http://127.0.0.1:{s.superset_port}", "--wait", "60"],
+        env={**os.environ, **superset_env(s)}, capture_output=True, text=True, cwd=s.repo)
+    if result.returncode != 0:
+        raise RuntimeError(f"provisioning Superset failed:\n{result.stderr[-3000:]}")
+    return result.stdout.strip()

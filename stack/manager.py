@@ -14,7 +14,15 @@ import psutil
 from stack import init, install
 from stack.airflow_api import STREAM_DAGS, AirflowApi, AirflowApiError
 from stack.probes import NotReady, airflow_health, http_ok, port_open, wait_for
-from stack.services import AIRFLOW_PROGRAMS, INFRA_PROGRAMS, PIPELINE_PROGRAMS, render_all, services
+from stack.services import (
+    AIRFLOW_PROGRAMS,
+    DASHBOARD_PROGRAMS,
+    INFRA_PROGRAMS,
+    PIPELINE_PROGRAMS,
+    render_all,
+    services,
+    superset_dashboard_url,
+)
 from stack.settings import StackSettings
 
 log = logging.getLogger(__name__)
@@ -110,6 +118,7 @@ def _check_ports(s: StackSettings, sup: Supervisor | None) -> None:
     variables = {
         "postgres": "POSTGRES_PORT", "kafka": "KAFKA_PORT", "minio": "MINIO_PORT",
         "minio-console": "MINIO_CONSOLE_PORT", "airflow-api-server": "AIRFLOW_PORT",
+        "superset": "SUPERSET_PORT",
     }
     checks = [(svc.name, svc.port) for svc in services(s) if svc.port]
     checks.append(("kafka", s.kafka_controller_port))
@@ -145,6 +154,7 @@ def up(s: StackSettings) -> dict[str, float]:
     pg_bindir = install.postgres_bindir()
     install.fetch_jars(s)
     install.build_go_binaries(s)
+    install.build_superset_venv(s)
     timings["install"] = time.monotonic() - t0
 
     render_all(s, java, pg_bindir)
@@ -199,6 +209,14 @@ def up(s: StackSettings) -> dict[str, float]:
         t4 = time.monotonic()
         unpause_dags(s)
         timings["dags"] = time.monotonic() - t4
+
+    t5 = time.monotonic()
+    init.init_superset(s)
+    for name in DASHBOARD_PROGRAMS:
+        sup.start(name)
+    _probe(sup, "superset", lambda: http_ok(f"http://127.0.0.1:{s.superset_port}/health"), 120)
+    log.info("%s", init.provision_superset(s))
+    timings["superset"] = time.monotonic() - t5
     timings["total"] = time.monotonic() - t0
     return timings
 
@@ -311,6 +329,8 @@ def credentials(s: StackSettings) -> dict[str, str]:
         "Stream": f"Airflow DAG iot_stream, http://127.0.0.1:{s.airflow_port}/dags/iot_stream ("
                   + ("unpaused by make up)" if "iot_stream" in s.unpause_dags
                      else "left paused: not in AIRFLOW_UNPAUSE_DAGS)"),
+        "Dashboard": f"{superset_dashboard_url(s)}  user {s.superset_admin_user}, "
+                     f"password {s.superset_admin_password} (Superset)",
         "PostgreSQL": f"psql -h {s.pg_host} -p {s.pg_port} -U {s.pg_writer} {s.pg_db} "
                       "(PIPELINE_DB_PASSWORD in .env); BI role "
                       f"{s.pg_bi} (BI_DB_PASSWORD)",

@@ -29,6 +29,8 @@ GENERATED_SECRETS = (
     "AIRFLOW_FERNET_KEY",
     "METABASE_DB_PASSWORD",
     "METABASE_ADMIN_PASSWORD",
+    "SUPERSET_ADMIN_PASSWORD",
+    "SUPERSET_SECRET_KEY",
 )
 
 
@@ -119,6 +121,10 @@ class StackSettings:
     producer_rate: float
     producer_sensors: int
     producer_bad_rate: float
+    superset_port: int
+    superset_admin_user: str
+    superset_admin_password: str
+    superset_secret_key: str
     unpause_dags: tuple[str, ...] = ("iot_stream", "iot_aggregates", "iot_retention")
 
     # ---- derived paths -------------------------------------------------------------
@@ -146,6 +152,17 @@ class StackSettings:
     def airflow_home(self) -> Path:
         """Return AIRFLOW_HOME."""
         return self.home / "airflow"
+
+    @property
+    def superset_venv(self) -> Path:
+        """Return Superset's own virtualenv (its pins conflict with Airflow's), keyed by its lock."""
+        lock = (self.repo / "stack" / "superset" / "requirements.lock").read_bytes()
+        return self.cache_dir / f"superset-venv-{hashlib.sha256(lock).hexdigest()[:12]}"
+
+    @property
+    def superset_home(self) -> Path:
+        """Return Superset's data folder (its SQLite metadata database)."""
+        return self.home / "superset"
 
     @property
     def spark_conf_dir(self) -> Path:
@@ -235,6 +252,10 @@ def load_settings(env: Env | None = None) -> StackSettings:
         producer_rate=env.get_float("PRODUCER_RATE", 50.0),
         producer_sensors=env.get_int("PRODUCER_SENSORS", 50),
         producer_bad_rate=env.get_float("PRODUCER_BAD_RATE", 0.005),
+        superset_port=env.get_int("SUPERSET_PORT", 8088),
+        superset_admin_user=env.get("SUPERSET_ADMIN_USER", "admin"),
+        superset_admin_password=env.require("SUPERSET_ADMIN_PASSWORD", "run `make up` to generate it"),
+        superset_secret_key=env.require("SUPERSET_SECRET_KEY", "run `make up` to generate it"),
         unpause_dags=tuple(d.strip() for d in env.get("AIRFLOW_UNPAUSE_DAGS",
                                                       "iot_stream,iot_aggregates,iot_retention").split(",")
                            if d.strip()),

@@ -11,7 +11,7 @@ from stack import manager
 from stack.settings import REPO_ROOT, StackSettings, ensure_env_file, load_settings
 
 REQUIRED = {"postgres", "kafka", "minio", "airflow-api-server", "airflow-scheduler",
-            "airflow-dag-processor", "airflow-triggerer"}
+            "airflow-dag-processor", "airflow-triggerer", "superset"}
 
 
 @pytest.fixture(scope="session")

@@ -101,8 +101,20 @@ def test_marts_return_the_exact_figures_of_known_rows(stack, schemas):
             (local(m0 - timedelta(minutes=1)), "Recife", Decimal("41.00"), 1),
         ]
 
-        assert rows("hourly_city") == [(datetime(2026, 11, 26, 12, 0), "Recife", 120, 4, 20.5, Decimal("25.125"), 31.5,
-                                        30.9, 40.0, Decimal("55.500"), 70.0, 68.0, 100, 15, 5, 2)]
+        hourly = rows("hourly_city", "order by source, hour_local, city")
+        assert hourly[0] == (datetime(2026, 11, 26, 12, 0), "Recife", 120, 4, 20.5, Decimal("25.125"), 31.5, 30.9,
+                             40.0, Decimal("55.500"), 70.0, 68.0, 100, 15, 5, 2, "lake")
+        # the hours after the last aggregated one, live from the curated rows
+        live: dict[tuple, list] = {}
+        for city, t, _h, status, at in readings:
+            live.setdefault((local(at.replace(minute=0, second=0, microsecond=0)), city), []).append((t, status))
+        expected_live = sorted(
+            (hour_local, city, len(v), 1, min(t for t, _ in v), Decimal(sum(t for t, _ in v) / len(v)).quantize(
+                Decimal("0.001")), max(t for t, _ in v), sum(st == "OK" for _, st in v),
+             sum(st == "WARNING" for _, st in v), sum(st == "CRITICAL" for _, st in v), None, "live")
+            for (hour_local, city), v in live.items())
+        assert [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[12], r[13], r[14], r[15], r[16]) for r in hourly[1:]] \
+            == expected_live
 
         (last_local, age, behind, batches_5m, rows_per_s, quarantine_pct), = rows("pipeline_health")
         elapsed = time.monotonic() - started

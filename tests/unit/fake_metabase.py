@@ -151,7 +151,7 @@ class FakeMetabase:
         return sid
 
     def collection_items(self, collection_id: int, models: list[str]):
-        rows = [{"id": i, "name": o["name"], "model": kind}
+        rows = [{"id": i, "name": o["name"], "description": o.get("description"), "model": kind}
                 for kind, store in (("card", self.cards), ("dashboard", self.dashboards))
                 for i, o in store.items() if o.get("collection_id") == collection_id and (not models or kind in models)]
         return 200, {"data": rows, "total": len(rows)}

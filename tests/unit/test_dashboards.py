@@ -160,3 +160,15 @@ def test_unreachable_metabase_times_out_with_its_address(capsys, monkeypatch):
     monkeypatch.setenv("IOT_ENV_FILE", "/dev/null")
     assert metabase.main(["--url", "http://127.0.0.1:9", "--wait", "0"]) == 1
     assert "Metabase at http://127.0.0.1:9 not healthy within 0 s" in capsys.readouterr().err
+
+
+def test_a_renamed_card_and_dashboard_are_updated_not_duplicated(fake):
+    run(fake)
+    ids = (set(fake.cards), set(fake.dashboards))
+    raw = raw_spec()
+    raw["title"] = "Sensors"
+    raw["cards"][2]["title"] = "Events per second"
+    metabase.provision(metabase.Client(fake.url), metabase.Settings.from_env(Env(ENV)), parse(raw))
+    assert (set(fake.cards), set(fake.dashboards)) == ids
+    assert "Events per second" in {c["name"] for c in fake.cards.values()}
+    assert [d["name"] for d in fake.dashboards.values()] == ["Sensors"]

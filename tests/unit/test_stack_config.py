@@ -61,8 +61,8 @@ def test_first_run_generates_every_secret_and_keeps_other_values(tmp_path):
 
 def test_every_variable_the_code_reads_is_documented_in_env_example():
     example = parse_env_file(REPO / ".env.example")
-    code = "\n".join(p.read_text() for folder in ("stack", "jobs", "common", "producer", "dags")
-                     for p in (REPO / folder).rglob("*.py"))
+    folders = ("stack", "jobs", "common", "producer", "dags", "dashboards", "orchestration")
+    code = "\n".join(p.read_text() for folder in folders for p in (REPO / folder).rglob("*.py"))
     import re
 
     read = set(re.findall(r'env\.(?:get|require|get_int|get_float|get_bool)\(\s*"([A-Z0-9_]+)"', code))
@@ -92,14 +92,16 @@ def test_supervisord_programs_do_not_autostart_and_bind_loopback(settings):
     conf = supervisord_conf(settings, "/usr/bin/java", Path("/usr/lib/postgresql/15/bin"))
     programs = [line for line in conf.splitlines() if line.startswith("[program:")]
     assert programs == ["[program:postgres]", "[program:kafka]", "[program:minio]", "[program:producer]",
-                        "[program:airflow-api-server]", "[program:airflow-scheduler]",
+                        "[program:superset]", "[program:airflow-api-server]", "[program:airflow-scheduler]",
                         "[program:airflow-dag-processor]", "[program:airflow-triggerer]"]
-    assert conf.count("autostart=false") == 8
+    assert conf.count("autostart=false") == 9
     assert "listen_addresses=127.0.0.1" in conf
     assert "--address 127.0.0.1:9000 --console-address 127.0.0.1:9001" in conf
     # secrets live in mode-600 env files, not in the supervisord config
     assert settings.minio_root_password not in conf
     assert settings.airflow_db_password not in conf
+    assert settings.superset_secret_key not in conf
+    assert "--bind 127.0.0.1:8088" in conf
 
 
 def test_airflow_env_sizes_for_two_cores_and_takes_connections_from_env(settings):

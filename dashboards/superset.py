@@ -1,0 +1,252 @@
+"""Provision Apache Superset from dashboards/spec.yaml through its REST API, idempotently.
+
+    python -m dashboards.superset --url http://127.0.0.1:8088
+
+`make up` runs it with Superset's own virtualenv after Superset is healthy. It logs in as the
+admin (SUPERSET_ADMIN_USER / SUPERSET_ADMIN_PASSWORD), then creates or updates, by name: the
+PostgreSQL database connection as the read-only BI role (BI_DB_USER / BI_DB_PASSWORD), one
+virtual dataset per spec card (its query), one chart per card, and the dashboard (slug
+`iot-monitoring`) with the cards at their positions and the spec's auto-refresh. A second run
+creates nothing. Endpoints: /api/v1/security/login and csrf_token, /api/v1/database,
+/api/v1/dataset (and /refresh), /api/v1/chart, /api/v1/dashboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from common.env import Env, MissingSetting
+from dashboards.spec import DASHBOARD_KEY, SPEC_PATH, Card, Dashboard, SpecError, card_description, load, spec_key_of
+
+log = logging.getLogger("dashboards.superset")
+
+DATABASE_NAME = "IoT lakehouse (marts)"
+DASHBOARD_SLUG = DASHBOARD_KEY
+SUPERSET_COLUMNS = 12  # the spec's grid has 24
+HEIGHT_UNITS_PER_ROW = 7  # Superset's grid rows are 8 px; a spec row is about 56 px
+VIZ = {"number": "big_number_total", "table": "table", "line": "echarts_timeseries_line",
+       "bar": "echarts_timeseries_bar"}
+TIME_GRAIN = {"minute_local": "PT1M", "hour_local": "PT1H"}
+
+
+class SupersetError(RuntimeError):
+    """Superset answered with an error; the message has the method, path, status and body."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    admin_user: str
+    admin_password: str
+    pg_host: str
+    pg_port: int
+    pg_db: str
+    bi_user: str
+    bi_password: str
+
+    @classmethod
+    def from_env(cls, env: Env) -> Settings:
+        return cls(
+            admin_user=env.get("SUPERSET_ADMIN_USER", "admin"),
+            admin_password=env.require("SUPERSET_ADMIN_PASSWORD", "run `make up` to generate it"),
+            pg_host=env.get("POSTGRES_HOST", "127.0.0.1"), pg_port=env.get_int("POSTGRES_PORT", 5432),
+            pg_db=env.get("POSTGRES_DB", "iot"), bi_user=env.get("BI_DB_USER", "iot_bi"),
+            bi_password=env.require("BI_DB_PASSWORD", "run `make up` to generate it"),
+        )
+
+    @property
+    def sqlalchemy_uri(self) -> str:
+        return (f"postgresql+psycopg2://{quote(self.bi_user)}:{quote(self.bi_password, safe='')}"
+                f"@{self.pg_host}:{self.pg_port}/{self.pg_db}")
+
+
+class Client:
+    """Superset's REST API with a JWT and the CSRF token its write endpoints require."""
+
+    def __init__(self, url: str, timeout: float = 60.0) -> None:
+        import requests
+
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.http = requests.Session()
+        self.http.headers["Referer"] = self.url
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        resp = self.http.request(method, self.url + path, json=body, timeout=self.timeout)
+        if resp.status_code >= 400:
+            raise SupersetError(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:500]}")
+        return resp.json() if resp.content else None
+
+    def log_in(self, user: str, password: str) -> None:
+        token = self.request("POST", "/api/v1/security/login",
+                             {"username": user, "password": password, "provider": "db", "refresh": True})
+        self.http.headers["Authorization"] = f"Bearer {token['access_token']}"
+        self.http.headers["X-CSRFToken"] = self.request("GET", "/api/v1/security/csrf_token/")["result"]
+
+    def all(self, resource: str, columns: str) -> list[dict]:
+        """Return every object of `resource` with `columns` (paged by 100)."""
+        found, page = [], 0
+        while True:
+            q = f"(columns:!({columns}),page:{page},page_size:100)"
+            batch = self.request("GET", f"/api/v1/{resource}/?q={quote(q)}")["result"]
+            found += batch
+            if len(batch) < 100:
+                return found
+            page += 1
+
+    def find(self, resource: str, column: str, value: str) -> dict | None:
+        """Return the first object whose `column` equals `value`, or None."""
+        q = f"(filters:!((col:{column},opr:eq,value:'{value.replace(chr(39), chr(33) + chr(39))}')),page_size:100)"
+        found = self.request("GET", f"/api/v1/{resource}/?q={quote(q)}")["result"]
+        return found[0] if found else None
+
+
+def wait_until_healthy(url: str, timeout: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            resp = requests.get(url.rstrip("/") + "/health", timeout=5)
+            if resp.status_code == 200:
+                return
+            last = f"HTTP {resp.status_code}"
+        except requests.RequestException as exc:
+            last = str(exc)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"Superset at {url} not healthy within {timeout:.0f} s: {last}")
+        time.sleep(1)  # polling interval of the readiness probe
+
+
+def ensure_database(client: Client, s: Settings) -> int:
+    body = {"database_name": DATABASE_NAME, "sqlalchemy_uri": s.sqlalchemy_uri, "expose_in_sqllab": True}
+    found = client.find("database", "database_name", DATABASE_NAME)
+    if found:
+        client.request("PUT", f"/api/v1/database/{found['id']}", body)
+        return found["id"]
+    log.info("added the database %r (role %s)", DATABASE_NAME, s.bi_user)
+    return client.request("POST", "/api/v1/database/", body)["id"]
+
+
+def ensure_dataset(client: Client, database_id: int, card: Card) -> int:
+    """A virtual dataset named after the card, whose SQL is the card's query."""
+    found = client.find("dataset", "table_name", f"iot_{card.key}")
+    if found:
+        client.request("PUT", f"/api/v1/dataset/{found['id']}?override_columns=true", {"sql": card.query})
+        dataset_id = found["id"]
+    else:
+        dataset_id = client.request("POST", "/api/v1/dataset/", {
+            "database": database_id, "schema": "marts", "table_name": f"iot_{card.key}", "sql": card.query})["id"]
+    client.request("PUT", f"/api/v1/dataset/{dataset_id}/refresh")
+    return dataset_id
+
+
+def _metric(column: str) -> dict:
+    """The marts are already at the chart's grain: MAX of the one value per point."""
+    return {"expressionType": "SQL", "sqlExpression": f"MAX({column})", "label": column}
+
+
+def chart_params(card: Card, dataset_id: int) -> dict:
+    v = card.visualization
+    params: dict = {"datasource": f"{dataset_id}__table", "viz_type": VIZ[card.kind], "adhoc_filters": []}
+    if card.kind == "number":
+        params.update(metric=_metric(v["value"]), header_font_size=0.4, subheader="")
+    elif card.kind == "table":
+        params.update(query_mode="raw", all_columns=list(v["columns"]), row_limit=1000, order_by_cols=[],
+                      server_pagination=False)
+    else:
+        params.update(x_axis=v["x"], time_grain_sqla=TIME_GRAIN.get(v["x"], "PT1M"), metrics=[_metric(v["y"])],
+                      groupby=[v["series"]], row_limit=10000, time_range="No filter", show_legend=True,
+                      rich_tooltip=True)
+    return params
+
+
+def ensure_chart(client: Client, card: Card, dataset_id: int, dashboard_id: int, charts: dict[str, int]) -> int:
+    """Create or update the card's chart; `charts` maps spec keys to existing chart ids."""
+    body = {"slice_name": card.title, "viz_type": VIZ[card.kind], "datasource_id": dataset_id,
+            "datasource_type": "table", "params": json.dumps(chart_params(card, dataset_id)),
+            "description": card_description(card), "dashboards": [dashboard_id]}
+    if card.key in charts:
+        client.request("PUT", f"/api/v1/chart/{charts[card.key]}", body)
+        return charts[card.key]
+    log.info("created chart %r", card.title)
+    return client.request("POST", "/api/v1/chart/", body)["id"]
+
+
+def position_json(spec: Dashboard, chart_ids: dict[str, int]) -> dict:
+    """Superset's dashboard layout: one ROW per spec row, the cards in it by column."""
+    layout: dict = {
+        "DASHBOARD_VERSION_KEY": "v2",
+        "ROOT_ID": {"type": "ROOT", "id": "ROOT_ID", "children": ["GRID_ID"]},
+        "GRID_ID": {"type": "GRID", "id": "GRID_ID", "children": [], "parents": ["ROOT_ID"]},
+        "HEADER_ID": {"id": "HEADER_ID", "type": "HEADER", "meta": {"text": spec.title}},
+    }
+    for row in sorted({c.position.row for c in spec.cards}):
+        row_id = f"ROW-{row}"
+        cards = sorted((c for c in spec.cards if c.position.row == row), key=lambda c: c.position.col)
+        layout["GRID_ID"]["children"].append(row_id)
+        layout[row_id] = {"type": "ROW", "id": row_id, "children": [], "parents": ["ROOT_ID", "GRID_ID"],
+                          "meta": {"background": "BACKGROUND_TRANSPARENT"}}
+        for card in cards:
+            chart_id = f"CHART-{card.key}"
+            layout[row_id]["children"].append(chart_id)
+            layout[chart_id] = {"type": "CHART", "id": chart_id, "children": [],
+                                "parents": ["ROOT_ID", "GRID_ID", row_id],
+                                "meta": {"chartId": chart_ids[card.key], "sliceName": card.title,
+                                         "width": max(1, card.position.width * SUPERSET_COLUMNS // 24),
+                                         "height": card.position.height * HEIGHT_UNITS_PER_ROW}}
+    return layout
+
+
+def provision(client: Client, s: Settings, spec: Dashboard) -> dict:
+    """Make Superset match the spec; return {"dashboard_id", "chart_ids", "url"}."""
+    client.log_in(s.admin_user, s.admin_password)
+    database_id = ensure_database(client, s)
+    found = client.find("dashboard", "slug", DASHBOARD_SLUG)
+    dashboard_id = found["id"] if found else client.request("POST", "/api/v1/dashboard/", {
+        "dashboard_title": spec.title, "slug": DASHBOARD_SLUG, "published": True})["id"]
+    charts = {spec_key_of(c.get("description")): c["id"] for c in client.all("chart", "id,description")}
+    chart_ids = {c.key: ensure_chart(client, c, ensure_dataset(client, database_id, c), dashboard_id, charts)
+                 for c in spec.cards}
+    client.request("PUT", f"/api/v1/dashboard/{dashboard_id}", {
+        "dashboard_title": spec.title, "slug": DASHBOARD_SLUG, "published": True,
+        "position_json": json.dumps(position_json(spec, chart_ids)),
+        "json_metadata": json.dumps({"refresh_frequency": spec.refresh_seconds, "timed_refresh_immune_slices": [],
+                                     "expanded_slices": {}, "color_scheme": "", "label_colors": {}}),
+    })
+    return {"dashboard_id": dashboard_id, "chart_ids": chart_ids,
+            "url": f"{client.url}/superset/dashboard/{DASHBOARD_SLUG}/"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dashboards.superset", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8088", help="Superset's base URL (default %(default)s)")
+    parser.add_argument("--spec", type=Path, default=SPEC_PATH,
+                        help="the dashboard spec (default dashboards/spec.yaml)")
+    parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for /health (default 120)")
+    args = parser.parse_args(argv)
+    if args.wait < 0:
+        parser.error("argument --wait: must be >= 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        spec = load(args.spec)
+        settings = Settings.from_env(Env())
+        wait_until_healthy(args.url, args.wait)
+        result = provision(Client(args.url), settings, spec)
+    except (SpecError, SupersetError, MissingSetting, TimeoutError, OSError) as exc:
+        print(f"superset provisioning failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"dashboard: {result['url']}  (login {settings.admin_user})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
