@@ -19,18 +19,16 @@ Endpoints used (Metabase API docs): GET /api/health, GET /api/session/properties
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from common.env import Env, MissingSetting
-from dashboards.spec import DASHBOARD_KEY, SPEC_PATH, Card, Dashboard, SpecError, card_description, load, spec_key_of
+from common.env import Env
+from dashboards.source import Provisioning, run_cli
+from dashboards.spec import DASHBOARD_KEY, Card, Dashboard, card_description, spec_key_of
 
 log = logging.getLogger("dashboards.metabase")
 
@@ -76,25 +74,9 @@ class Client:
         return self.request("PUT", path, body)
 
 
-@dataclass(frozen=True)
-class Settings:
-    admin_email: str
-    admin_password: str
-    pg_host: str
-    pg_port: int
-    pg_db: str
-    bi_user: str
-    bi_password: str
-
-    @classmethod
-    def from_env(cls, env: Env) -> Settings:
-        return cls(
-            admin_email=env.get("METABASE_ADMIN_EMAIL", "admin@example.com"),
-            admin_password=env.require("METABASE_ADMIN_PASSWORD", "run `make env` to generate it"),
-            pg_host=env.get("POSTGRES_HOST", "127.0.0.1"), pg_port=env.get_int("POSTGRES_PORT", 5432),
-            pg_db=env.get("POSTGRES_DB", "iot"), bi_user=env.get("BI_DB_USER", "iot_bi"),
-            bi_password=env.require("BI_DB_PASSWORD", "run `make env` to generate it"),
-        )
+def settings_from_env(env: Env) -> Provisioning:
+    return Provisioning.from_env(env, "METABASE_ADMIN_EMAIL", "admin@example.com", "METABASE_ADMIN_PASSWORD",
+                                 "run `make env` to generate it")
 
 
 def wait_until_healthy(client: Client, timeout: float) -> None:
@@ -113,7 +95,7 @@ def wait_until_healthy(client: Client, timeout: float) -> None:
         time.sleep(2)  # polling interval of the readiness probe
 
 
-def log_in(client: Client, s: Settings) -> str:
+def log_in(client: Client, s: Provisioning) -> str:
     """Complete the first-run setup, or log in; set and return the session id."""
     props = client.get("/api/session/properties")
     if not props.get("has-user-setup"):
@@ -122,13 +104,13 @@ def log_in(client: Client, s: Settings) -> str:
             raise MetabaseError("Metabase is not set up and offers no setup-token")
         answer = client.post("/api/setup", {
             "token": token,
-            "user": {"first_name": "IoT", "last_name": "Admin", "email": s.admin_email,
+            "user": {"first_name": "IoT", "last_name": "Admin", "email": s.admin_user,
                      "password": s.admin_password, "site_name": "IoT lakehouse"},
             "prefs": {"site_name": "IoT lakehouse", "site_locale": "en", "allow_tracking": False},
         })
-        log.info("completed Metabase's first-run setup (admin %s)", s.admin_email)
+        log.info("completed Metabase's first-run setup (admin %s)", s.admin_user)
     else:
-        answer = client.post("/api/session", {"username": s.admin_email, "password": s.admin_password})
+        answer = client.post("/api/session", {"username": s.admin_user, "password": s.admin_password})
     client.session = answer["id"]
     return client.session
 
@@ -138,17 +120,17 @@ def _items(answer) -> list[dict]:
     return answer["data"] if isinstance(answer, dict) else answer
 
 
-def ensure_database(client: Client, s: Settings) -> int:
+def ensure_database(client: Client, s: Provisioning) -> int:
     body = {"engine": "postgres", "name": DATABASE_NAME, "details": {
-        "host": s.pg_host, "port": s.pg_port, "dbname": s.pg_db, "user": s.bi_user,
-        "password": s.bi_password, "ssl": False, "schema-filters-type": "inclusion",
+        "host": s.bi.host, "port": s.bi.port, "dbname": s.bi.dbname, "user": s.bi.user,
+        "password": s.bi.password, "ssl": False, "schema-filters-type": "inclusion",
         "schema-filters-patterns": "marts"}}
     for db in _items(client.get("/api/database")):
         if db["name"] == DATABASE_NAME:
             client.put(f"/api/database/{db['id']}", body)
             return db["id"]
     created = client.post("/api/database", {**body, "is_full_sync": True})
-    log.info("added the data source %r (role %s)", DATABASE_NAME, s.bi_user)
+    log.info("added the data source %r (role %s)", DATABASE_NAME, s.bi.user)
     return created["id"]
 
 
@@ -181,7 +163,7 @@ def card_body(card: Card, database_id: int, collection_id: int) -> dict:
     }
 
 
-def provision(client: Client, s: Settings, spec: Dashboard) -> dict:
+def provision(client: Client, s: Provisioning, spec: Dashboard) -> dict:
     """Make Metabase match the spec; return {"dashboard_id", "card_ids", "url"}."""
     log_in(client, s)
     database_id = ensure_database(client, s)
@@ -218,28 +200,9 @@ def provision(client: Client, s: Settings, spec: Dashboard) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboards.metabase", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:3000", help="Metabase's base URL (default %(default)s)")
-    parser.add_argument("--spec", type=Path, default=SPEC_PATH,
-                        help="the dashboard spec (default dashboards/spec.yaml)")
-    parser.add_argument("--wait", type=float, default=300.0,
-                        help="seconds to wait for Metabase to be healthy (default 300)")
-    args = parser.parse_args(argv)
-    if args.wait < 0:
-        parser.error("argument --wait: must be >= 0")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        spec = load(args.spec)
-        settings = Settings.from_env(Env())
-        client = Client(args.url)
-        wait_until_healthy(client, args.wait)
-        result = provision(client, settings, spec)
-    except (SpecError, MetabaseError, MissingSetting, TimeoutError, OSError) as exc:
-        print(f"metabase provisioning failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"dashboard: {result['url']}  (login {settings.admin_email})")
-    return 0
+    return run_cli("python -m dashboards.metabase", __doc__, "http://127.0.0.1:3000", 300.0, (MetabaseError,),
+                   settings_from_env, lambda url, wait: wait_until_healthy(Client(url), wait),
+                   lambda url, settings, spec: provision(Client(url), settings, spec), argv)
 
 
 if __name__ == "__main__":

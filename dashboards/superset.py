@@ -13,17 +13,14 @@ creates nothing. Endpoints: /api/v1/security/login and csrf_token, /api/v1/datab
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
-from common.env import Env, MissingSetting
-from dashboards.spec import DASHBOARD_KEY, SPEC_PATH, Card, Dashboard, SpecError, card_description, load, spec_key_of
+from common.env import Env
+from dashboards.source import BiDatabase, Provisioning, run_cli
+from dashboards.spec import DASHBOARD_KEY, Card, Dashboard, card_description, spec_key_of
 
 log = logging.getLogger("dashboards.superset")
 
@@ -40,30 +37,13 @@ class SupersetError(RuntimeError):
     """Superset answered with an error; the message has the method, path, status and body."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    admin_user: str
-    admin_password: str
-    pg_host: str
-    pg_port: int
-    pg_db: str
-    bi_user: str
-    bi_password: str
+def settings_from_env(env: Env) -> Provisioning:
+    return Provisioning.from_env(env, "SUPERSET_ADMIN_USER", "admin", "SUPERSET_ADMIN_PASSWORD",
+                                 "run `make up` to generate it")
 
-    @classmethod
-    def from_env(cls, env: Env) -> Settings:
-        return cls(
-            admin_user=env.get("SUPERSET_ADMIN_USER", "admin"),
-            admin_password=env.require("SUPERSET_ADMIN_PASSWORD", "run `make up` to generate it"),
-            pg_host=env.get("POSTGRES_HOST", "127.0.0.1"), pg_port=env.get_int("POSTGRES_PORT", 5432),
-            pg_db=env.get("POSTGRES_DB", "iot"), bi_user=env.get("BI_DB_USER", "iot_bi"),
-            bi_password=env.require("BI_DB_PASSWORD", "run `make up` to generate it"),
-        )
 
-    @property
-    def sqlalchemy_uri(self) -> str:
-        return (f"postgresql+psycopg2://{quote(self.bi_user)}:{quote(self.bi_password, safe='')}"
-                f"@{self.pg_host}:{self.pg_port}/{self.pg_db}")
+def sqlalchemy_uri(bi: BiDatabase) -> str:
+    return f"postgresql+psycopg2://{quote(bi.user)}:{quote(bi.password, safe='')}@{bi.host}:{bi.port}/{bi.dbname}"
 
 
 class Client:
@@ -125,13 +105,13 @@ def wait_until_healthy(url: str, timeout: float) -> None:
         time.sleep(1)  # polling interval of the readiness probe
 
 
-def ensure_database(client: Client, s: Settings) -> int:
-    body = {"database_name": DATABASE_NAME, "sqlalchemy_uri": s.sqlalchemy_uri, "expose_in_sqllab": True}
+def ensure_database(client: Client, s: Provisioning) -> int:
+    body = {"database_name": DATABASE_NAME, "sqlalchemy_uri": sqlalchemy_uri(s.bi), "expose_in_sqllab": True}
     found = client.find("database", "database_name", DATABASE_NAME)
     if found:
         client.request("PUT", f"/api/v1/database/{found['id']}", body)
         return found["id"]
-    log.info("added the database %r (role %s)", DATABASE_NAME, s.bi_user)
+    log.info("added the database %r (role %s)", DATABASE_NAME, s.bi.user)
     return client.request("POST", "/api/v1/database/", body)["id"]
 
 
@@ -205,7 +185,7 @@ def position_json(spec: Dashboard, chart_ids: dict[str, int]) -> dict:
     return layout
 
 
-def provision(client: Client, s: Settings, spec: Dashboard) -> dict:
+def provision(client: Client, s: Provisioning, spec: Dashboard) -> dict:
     """Make Superset match the spec; return {"dashboard_id", "chart_ids", "url"}."""
     client.log_in(s.admin_user, s.admin_password)
     database_id = ensure_database(client, s)
@@ -226,26 +206,9 @@ def provision(client: Client, s: Settings, spec: Dashboard) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboards.superset", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8088", help="Superset's base URL (default %(default)s)")
-    parser.add_argument("--spec", type=Path, default=SPEC_PATH,
-                        help="the dashboard spec (default dashboards/spec.yaml)")
-    parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for /health (default 120)")
-    args = parser.parse_args(argv)
-    if args.wait < 0:
-        parser.error("argument --wait: must be >= 0")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        spec = load(args.spec)
-        settings = Settings.from_env(Env())
-        wait_until_healthy(args.url, args.wait)
-        result = provision(Client(args.url), settings, spec)
-    except (SpecError, SupersetError, MissingSetting, TimeoutError, OSError) as exc:
-        print(f"superset provisioning failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"dashboard: {result['url']}  (login {settings.admin_user})")
-    return 0
+    return run_cli("python -m dashboards.superset", __doc__, "http://127.0.0.1:8088", 120.0, (SupersetError,),
+                   settings_from_env, wait_until_healthy,
+                   lambda url, settings, spec: provision(Client(url), settings, spec), argv)
 
 
 if __name__ == "__main__":

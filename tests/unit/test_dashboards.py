@@ -27,7 +27,7 @@ def fake():
 
 def run(fake: FakeMetabase, env: dict | None = None) -> dict:
     client = metabase.Client(fake.url)
-    return metabase.provision(client, metabase.Settings.from_env(Env(env or ENV)), load())
+    return metabase.provision(client, metabase.settings_from_env(Env(env or ENV)), load())
 
 
 # ---- the spec ---------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_a_changed_query_in_the_spec_updates_the_card_in_place(fake):
     raw = raw_spec()
     raw["cards"][0]["query"] = "select round(mean_temperature_c, 1) as mean_temperature_c from marts.current_kpis"
     client = metabase.Client(fake.url)
-    metabase.provision(client, metabase.Settings.from_env(Env(ENV)), parse(raw))
+    metabase.provision(client, metabase.settings_from_env(Env(ENV)), parse(raw))
     assert set(fake.cards) == ids
     assert [c["dataset_query"]["native"]["query"] for c in fake.cards.values()
             if c["name"].startswith("Mean temperature")] == [raw["cards"][0]["query"]]
@@ -168,7 +168,7 @@ def test_a_renamed_card_and_dashboard_are_updated_not_duplicated(fake):
     raw = raw_spec()
     raw["title"] = "Sensors"
     raw["cards"][2]["title"] = "Events per second"
-    metabase.provision(metabase.Client(fake.url), metabase.Settings.from_env(Env(ENV)), parse(raw))
+    metabase.provision(metabase.Client(fake.url), metabase.settings_from_env(Env(ENV)), parse(raw))
     assert (set(fake.cards), set(fake.dashboards)) == ids
     assert "Events per second" in {c["name"] for c in fake.cards.values()}
     assert [d["name"] for d in fake.dashboards.values()] == ["Sensors"]
