@@ -49,15 +49,21 @@ def browser():
     driver.quit()
 
 
-def last_batch_finished(stack) -> datetime:
-    """The running pipeline's latest micro-batch, read from its health table (read only)."""
+def pipeline_value(stack, query: str):
+    """One value from the running pipeline's tables (read only)."""
     import psycopg2
 
     with psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=stack.pg_db, user=stack.pg_writer,
                           password=stack.pg_writer_password) as conn, conn.cursor() as cur:
-        cur.execute("select max(batch_finished_at) from iot.stream_health")
-        (at,) = cur.fetchone()
+        cur.execute(query)
+        (value,) = cur.fetchone()
     conn.close()
+    return value
+
+
+def last_batch_finished(stack) -> datetime:
+    """The running pipeline's latest micro-batch."""
+    at = pipeline_value(stack, "select max(batch_finished_at) from iot.stream_health")
     assert at is not None, "the running pipeline has no micro-batch yet"
     return at
 
@@ -110,6 +116,11 @@ def test_the_dashboard_renders_every_chart_with_the_pipelines_data(stack, browse
     browser.find_element(By.CSS_SELECTOR, '[data-test="login-button"]').click()
     wait_for("the login to complete", lambda: "/login" not in browser.current_url, 60)
 
+    # Right after `make up` the stream may still be starting under Airflow: wait until it has
+    # landed readings of every city in the last minute, so each chart has something to show.
+    wait_for("the running pipeline to land a reading of every city in the last minute", lambda: pipeline_value(
+        stack, "select count(distinct city) from iot.sensor_readings where event_time > now() - interval '1 minute'"
+    ) == len(CITY_NAMES), 420)
     before = last_batch_finished(stack)
     browser.get(superset_dashboard_url(stack))
     charts = wait_for("every chart to render", lambda: rendered(browser, len(spec.cards)), 180)
