@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from common.env import Env
+from dashboards import source
 from dashboards.source import Provisioning, run_cli
 from dashboards.spec import DASHBOARD_KEY, Card, Dashboard, card_description, spec_key_of
 
@@ -48,7 +48,6 @@ class Client:
     url: str
     timeout: float = 30.0
     session: str | None = None
-    calls: list[tuple[str, str]] = field(default_factory=list)
 
     def request(self, method: str, path: str, body: dict | None = None):
         data = json.dumps(body).encode() if body is not None else None
@@ -56,7 +55,6 @@ class Client:
         req.add_header("Content-Type", "application/json")
         if self.session:
             req.add_header("X-Metabase-Session", self.session)
-        self.calls.append((method, path.split("?")[0]))
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 text = resp.read().decode()
@@ -80,19 +78,9 @@ def settings_from_env(env: Env) -> Provisioning:
 
 
 def wait_until_healthy(client: Client, timeout: float) -> None:
-    """Poll GET /api/health until {"status": "ok"} or the deadline."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while True:
-        try:
-            if (client.get("/api/health") or {}).get("status") == "ok":
-                return
-            last = "not ok yet"
-        except (OSError, MetabaseError) as exc:  # not listening yet, or 503 while it migrates
-            last = str(exc)
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"Metabase at {client.url} not healthy within {timeout:.0f} s: {last}")
-        time.sleep(2)  # polling interval of the readiness probe
+    """Poll GET /api/health until {"status": "ok"} (a 503 while it migrates counts as not yet)."""
+    source.wait_until_healthy("Metabase", client.url,
+                              lambda: (client.get("/api/health") or {}).get("status") == "ok", timeout)
 
 
 def log_in(client: Client, s: Provisioning) -> str:

@@ -39,6 +39,16 @@ class Provisioning:
                    bi=BiDatabase.from_env(env, hint))
 
 
+def wait_until_healthy(tool: str, url: str, probe, timeout: float) -> None:
+    """Poll `probe` with the stack's deadline-bounded wait; raise TimeoutError naming the tool."""
+    from stack.probes import NotReady, wait_for
+
+    try:
+        wait_for(f"{tool} at {url}", probe, timeout)
+    except NotReady as exc:
+        raise TimeoutError(f"{tool} at {url} not healthy within {timeout:.0f} s: {exc}") from None
+
+
 def run_cli(prog: str, doc: str, default_url: str, default_wait: float, errors: tuple[type[Exception], ...],
             settings_from_env, wait_until_healthy, provision, argv: list[str] | None = None) -> int:
     """The command line both provisioners share: --url, --spec, --wait; errors to stderr, exit 1."""

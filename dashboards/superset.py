@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from urllib.parse import quote
 
 from common.env import Env
+from dashboards import source
 from dashboards.source import BiDatabase, Provisioning, run_cli
 from dashboards.spec import DASHBOARD_KEY, Card, Dashboard, card_description, spec_key_of
 
@@ -88,21 +88,9 @@ class Client:
 
 
 def wait_until_healthy(url: str, timeout: float) -> None:
-    import requests
+    from stack.probes import http_ok
 
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while True:
-        try:
-            resp = requests.get(url.rstrip("/") + "/health", timeout=5)
-            if resp.status_code == 200:
-                return
-            last = f"HTTP {resp.status_code}"
-        except requests.RequestException as exc:
-            last = str(exc)
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"Superset at {url} not healthy within {timeout:.0f} s: {last}")
-        time.sleep(1)  # polling interval of the readiness probe
+    source.wait_until_healthy("Superset", url, lambda: http_ok(url.rstrip("/") + "/health"), timeout)
 
 
 def ensure_database(client: Client, s: Provisioning) -> int:

@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 from common.env import Env
-from jobs.spark_conf import lakehouse_spark_conf, render_spark_defaults
 from stack.install import drop_jars_shipped_by
-from stack.services import SPARK_LOG4J2
+from stack.services import write_spark_conf_dir
 
 
 def pyspark_jars() -> list[Path]:
@@ -45,10 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         dropped = drop_jars_shipped_by(pyspark_jars(), args.directory)
         print(f"dropped {len(dropped)} jars pyspark already ships", file=sys.stderr)
     else:
-        conf = lakehouse_spark_conf(Env(), include_secrets=False)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(render_spark_defaults(conf))
-        (args.output.parent / "log4j2.properties").write_text(SPARK_LOG4J2)
+        if args.output.name != "spark-defaults.conf":
+            parser.error(f"argument output: must be a SPARK_CONF_DIR's spark-defaults.conf, got {args.output}")
+        write_spark_conf_dir(args.output.parent, Env())
     return 0
 
 

@@ -44,12 +44,13 @@ INFRA_PROGRAMS = ("postgres", "kafka", "minio")
 AIRFLOW_PROGRAMS = ("airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 PIPELINE_PROGRAMS = ("producer",)
 DASHBOARD_PROGRAMS = ("superset",)
-SUPERSET_DASHBOARD_SLUG = "iot-monitoring"  # = dashboards.superset.DASHBOARD_SLUG
 
 
 def superset_dashboard_url(s: StackSettings) -> str:
     """Return the URL of the provisioned dashboard."""
-    return f"http://127.0.0.1:{s.superset_port}/superset/dashboard/{SUPERSET_DASHBOARD_SLUG}/"
+    from dashboards.spec import DASHBOARD_KEY  # the slug dashboards/superset.py gives the dashboard
+
+    return f"http://127.0.0.1:{s.superset_port}/superset/dashboard/{DASHBOARD_KEY}/"
 
 
 def _quote_env(values: dict[str, str]) -> str:
@@ -254,11 +255,17 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
         s.airflow_home / "passwords.json", json.dumps({s.airflow_admin_user: s.airflow_admin_password})
     )
     spark_env = Env({**Env().as_dict(), "PYSPARK_PYTHON": str(s.venv / "bin" / "python")})
-    (s.spark_conf_dir / "log4j2.properties").write_text(SPARK_LOG4J2)
-    (s.spark_conf_dir / "spark-defaults.conf").write_text(
-        render_spark_defaults(lakehouse_spark_conf(spark_env, include_secrets=False))
-    )
+    write_spark_conf_dir(s.spark_conf_dir, spark_env)
     write_private(s.run_dir / "supervisord.conf", supervisord_conf(s, java, pg_bindir))
+
+
+def write_spark_conf_dir(conf_dir: Path, env: Env) -> None:
+    """Write SPARK_CONF_DIR's spark-defaults.conf (no secrets) and log4j2.properties; `make up`
+    and the Docker image build (stack/image.py) both use it."""
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (conf_dir / "log4j2.properties").write_text(SPARK_LOG4J2)
+    conf = lakehouse_spark_conf(env, include_secrets=False)
+    (conf_dir / "spark-defaults.conf").write_text(render_spark_defaults(conf))
 
 
 def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:

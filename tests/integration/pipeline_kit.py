@@ -80,9 +80,13 @@ class Pipeline:
 
     # ---- running the job ---------------------------------------------------------------------
 
-    def stream_args(self, *extra: str) -> list[str]:
+    def submit_args(self, job: str, *args: str) -> list[str]:
+        """`stackctl spark-submit` of jobs/<job>.py on this pipeline's master."""
         return [str(REPO / "stack" / "bin" / "stackctl"), "spark-submit", "--master", self.master,
-                str(REPO / "jobs" / "stream.py"), "--topic", self.topic, "--pg-schema", self.schema,
+                str(REPO / "jobs" / f"{job}.py"), *args]
+
+    def stream_args(self, *extra: str) -> list[str]:
+        return [*self.submit_args("stream"), "--topic", self.topic, "--pg-schema", self.schema,
                 "--checkpoint", self.path("checkpoint"), "--bronze-path", self.path("bronze"),
                 "--quarantine-path", self.path("quarantine"), "--query-name", self.name, *extra]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -19,6 +18,7 @@ import pytest
 
 from common.contract import CITY_NAMES
 from dashboards.spec import load
+from stack.probes import wait_for
 from stack.services import superset_dashboard_url
 
 pytestmark = pytest.mark.integration
@@ -68,18 +68,6 @@ def last_batch_finished(stack) -> datetime:
     return at
 
 
-def wait_for(what: str, condition, timeout: float):
-    """Poll `condition` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)  # polling interval
-
-
 def rendered(driver, count: int) -> dict[str, dict] | None:
     """Each chart's title and what it shows, once all `count` charts have finished rendering."""
     from selenium.webdriver.common.by import By
@@ -123,7 +111,14 @@ def test_the_dashboard_renders_every_chart_with_the_pipelines_data(stack, browse
     ) == len(CITY_NAMES), 420)
     before = last_batch_finished(stack)
     browser.get(superset_dashboard_url(stack))
-    charts = wait_for("every chart to render", lambda: rendered(browser, len(spec.cards)), 180)
+    latest: list[dict | None] = [None]
+
+    def all_rendered() -> bool:
+        latest[0] = rendered(browser, len(spec.cards))
+        return latest[0] is not None
+
+    wait_for("every chart to render", all_rendered, 180)
+    charts = latest[0]
     after = last_batch_finished(stack)
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "superset-dashboard.png"))

@@ -15,7 +15,7 @@ from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import Fleet
 from producer.sinks import KafkaSink
 from producer.stream import VALID, EventStream, Record
-from tests.integration.pipeline_kit import REPO, Pipeline
+from tests.integration.pipeline_kit import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -116,9 +116,9 @@ def test_end_to_end_then_replay_with_new_offsets(stack, lake, pipeline, master):
     if master.startswith("spark://"):
         # the aggregates job on the same cluster, unchanged: each valid event counted once per city
         hour = datetime.fromtimestamp(now, UTC).replace(minute=0, second=0, microsecond=0)
-        args = [*p.stream_args()[:4], str(REPO / "jobs" / "aggregates.py"), "--start", hour.isoformat(),
-                "--end", (hour + timedelta(hours=2)).isoformat(), "--bronze-path", p.path("bronze"),
-                "--pg-schema", p.schema]
+        end = hour + timedelta(hours=2)
+        args = p.submit_args("aggregates", "--start", hour.isoformat(), "--end", end.isoformat(),
+                             "--bronze-path", p.path("bronze"), "--pg-schema", p.schema)
         result = subprocess.run(args, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-4000:]
         by_city = Counter(json.loads(r.value)["city"] for r in records if r.kind == VALID)
