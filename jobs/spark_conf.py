@@ -8,6 +8,7 @@ stack and the DAGs read it without starting a JVM.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -40,8 +41,14 @@ def spark_jars(env: Env) -> list[str]:
 def lakehouse_spark_conf(env: Env, *, include_secrets: bool = True) -> dict[str, str]:
     """Return the Spark settings for Delta on S3A, the Kafka source, JDBC and UTC time."""
     endpoint = env.get("S3_ENDPOINT", "http://127.0.0.1:9000")
+    jars = spark_jars(env)
     conf = {
-        "spark.jars": ",".join(spark_jars(env)),
+        # On the JVM's classpath, not in spark.jars: spark.jars makes every driver copy each jar
+        # (686 MB with the AWS SDK bundle) into its temp dir before the first task, a copy a
+        # kill -9 leaves behind. The paths must exist on every worker: true on one machine and
+        # in the Docker image (the same image everywhere).
+        "spark.driver.extraClassPath": os.pathsep.join(jars),
+        "spark.executor.extraClassPath": os.pathsep.join(jars),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         # Timestamps are UTC end to end (ARCHITECTURE.md invariant 7).

@@ -110,6 +110,7 @@ def test_airflow_env_sizes_for_two_cores_and_takes_connections_from_env(settings
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
     assert json.loads(env["AIRFLOW_CONN_SPARK_LAKEHOUSE"]) == {"conn_type": "spark", "host": "local[2]"}
+    assert json.loads(env["AIRFLOW_CONN_SPARK_BATCH"]) == {"conn_type": "spark", "host": "local[1]"}
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
 
 
@@ -134,6 +135,18 @@ def test_spark_defaults_never_holds_a_secret(tmp_path):
     text = render_spark_defaults(lakehouse_spark_conf(env, include_secrets=False))
     assert "s3cr3t" not in text
     assert "spark.sql.extensions io.delta.sql.DeltaSparkSessionExtension" in text
+
+
+def test_jars_go_on_the_classpath_not_copied_per_driver(tmp_path):
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    for name in ("bundle-2.35.4.jar", "delta-spark_4.2_2.13-4.4.0.jar"):
+        (jars / name).write_bytes(b"")
+    conf = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars)}), include_secrets=False)
+    expected = f"{jars}/bundle-2.35.4.jar:{jars}/delta-spark_4.2_2.13-4.4.0.jar"
+    assert conf["spark.driver.extraClassPath"] == expected
+    assert conf["spark.executor.extraClassPath"] == expected
+    assert "spark.jars" not in conf  # each driver would copy every jar into its temp dir
 
 
 def test_missing_jars_name_the_fix(tmp_path):
