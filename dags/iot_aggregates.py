@@ -58,7 +58,7 @@ with DAG(
 
     aggregate_hours = SparkSubmitOperator(
         task_id="aggregate_hours",
-        conn_id="spark_lakehouse",
+        conn_id="spark_batch",
         application=AGGREGATES_APPLICATION,
         application_args=aggregates_application_args(),
         name="iot-aggregates",

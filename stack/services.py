@@ -188,6 +188,9 @@ def airflow_env(s: StackSettings) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         # Connections come from the environment, never from code or the metadata DB.
         "AIRFLOW_CONN_SPARK_LAKEHOUSE": json.dumps({"conn_type": "spark", "host": s.spark_master}),
+        # Batch jobs (hourly aggregates) on their own master: one core locally, so a batch run
+        # never starves the stream of the other one.
+        "AIRFLOW_CONN_SPARK_BATCH": json.dumps({"conn_type": "spark", "host": s.spark_batch_master}),
         "AIRFLOW_CONN_IOT_POSTGRES": json.dumps({
             "conn_type": "postgres", "host": s.pg_host, "port": s.pg_port, "schema": s.pg_db,
             "login": s.pg_writer, "password": s.pg_writer_password,

@@ -117,6 +117,7 @@ class StackSettings:
     airflow_api_secret_key: str
     airflow_fernet_key: str
     spark_master: str
+    spark_batch_master: str
     spark_driver_memory: str
     producer_rate: float
     producer_sensors: int
@@ -248,6 +249,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         airflow_api_secret_key=env.require("AIRFLOW_API_SECRET_KEY", "run `make up` to generate it"),
         airflow_fernet_key=env.require("AIRFLOW_FERNET_KEY", "run `make up` to generate it"),
         spark_master=env.get("SPARK_MASTER", "local[2]"),
+        spark_batch_master=env.get("SPARK_BATCH_MASTER", "local[1]"),
         spark_driver_memory=env.get("SPARK_DRIVER_MEMORY", "1g"),
         producer_rate=env.get_float("PRODUCER_RATE", 50.0),
         producer_sensors=env.get_int("PRODUCER_SENSORS", 50),

@@ -98,6 +98,7 @@ def test_aggregates_are_scoped_to_hourly_data_intervals(dagbag):
     aggregate = dag.get_task("aggregate_hours")
     assert aggregate.application_args[:4] == ["--start", "{{ data_interval_start.isoformat() }}",
                                               "--end", "{{ data_interval_end.isoformat() }}"]
+    assert aggregate._conn_id == "spark_batch"  # one core locally (SPARK_BATCH_MASTER)
     assert [t.task_id for t in aggregate.upstream_list] == ["wait_for_stream"]
 
 
