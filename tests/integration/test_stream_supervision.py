@@ -25,7 +25,10 @@ pytestmark = pytest.mark.integration
 
 SEED, SENSORS, BAD_RATE = 55, 20, 0.05
 DAG_ID = "iot_stream_adhoc"
-PIPELINE_BATCH_DAGS = ("iot_aggregates", "iot_retention")  # both scheduled on the hour
+# The pipeline's batch work, scheduled on the hour: the aggregates' Spark job, and every task of
+# retention (its sensor waits while the pipeline's stream compacts and vacuums the lake). The
+# aggregates' own sensor only reads offsets, so it does not count.
+PIPELINE_BATCH_TASKS = {"iot_aggregates": {"aggregate_hours"}, "iot_retention": None}
 TEST_MINUTES = 8  # from the trigger to batches resuming, with margin
 
 
@@ -34,7 +37,9 @@ def no_batch_job_during_the_test(api) -> bool:
     now = datetime.now(UTC)
     if 60 - now.minute - now.second / 60 < TEST_MINUTES:
         return False
-    return not any(api.task_instances(dag_id, "~", state="running") for dag_id in PIPELINE_BATCH_DAGS)
+    return not any(tasks is None or ti["task_id"] in tasks
+                   for dag_id, tasks in PIPELINE_BATCH_TASKS.items()
+                   for ti in api.task_instances(dag_id, "~", state="running"))
 
 
 @pytest.fixture
