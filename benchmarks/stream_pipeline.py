@@ -1,18 +1,21 @@
 """Print the streaming job's figures on this machine, with the whole stack running.
 
 Usage:
-    stack/bin/stackctl python -m benchmarks.stream_pipeline [--rates 1000,5000] [--seconds 60]
-                                                           [--backlog 200000] [--sink-rows 100000]
+    stack/bin/stackctl python -m benchmarks.stream_pipeline [--rates 1000,2000,5000] [--seconds 60]
+                          [--warmup 120] [--backlog 200000] [--sink-rows 100000] [--parts sink,catchup,latency]
 
 Everything runs on names of its own (topic, PostgreSQL schema, S3 prefix), removed at the end.
 1. Sink strategies on the same rows: ours (CSV via COPY into a staging table, INSERT ... ON
    CONFLICT DO NOTHING, progress row, one transaction) against the demo's (a plain Spark JDBC
    append into a table without keys), rows/s and the ratio.
-2. Catch-up: a backlog produced first, then the real job (spark-submit, availableNow,
-   maxOffsetsPerTrigger 50000) drains it; rows/s from the health rows.
+2. Catch-up: the real job (spark-submit, availableNow, maxOffsetsPerTrigger 50000) run once
+   on the empty topic (its start-up), then a backlog produced and drained; rows/s from the
+   health rows, and CPU seconds per record beyond the start-up.
 3. Latency: the real job running with a 1 s trigger while a producer sends at each rate for
    --seconds; produce-to-visible latency = ingested_at (the PostgreSQL transaction's time) -
-   event_time (set at send), p50/p95/p99 over events after a 15 s warm-up.
+   event_time (set at send), p50/p95/p99 over events after a --warmup (120 s: a fresh JVM
+   runs the first minutes interpreted and compiling; 15 s made p50 at 2,000 events/s 25 s
+   instead of 5.6 s). Then where each batch's time went, from the health rows.
 """
 
 from __future__ import annotations
@@ -108,21 +111,44 @@ def _health(rows: int) -> dict:
 
 def catch_up(p: Pipeline, settings, backlog: int) -> None:
     """Drain a backlog with the real job; print rows/s."""
+    idle_cpu, _ = run_measured(p)  # the same job on the still empty topic: its start-up
     acked = produce(settings, p.topic, 0, backlog, 7)
+    drain = "(select * from {schema}.stream_health where rows_in > 0)"  # not the empty run's batch
+    cpu, wall = run_measured(p)
+    rows, first, last, batches = p.query(
+        f"select sum(rows_in), min(batch_started_at), max(batch_finished_at), count(*) from {drain} h")[0]
+    rows, span = int(rows), (last - first).total_seconds()
+    # the first batch runs on a cold JVM (interpreted code, JIT compiling): the rest is the steady rate
+    warm_rows, warm_first = p.query(
+        f"select sum(rows_in), min(batch_started_at) from {drain} h "
+        f"where batch_id > (select min(batch_id) from {drain} f)")[0]
+    warm = f"{int(warm_rows) / (last - warm_first).total_seconds():,.0f} rows/s" if warm_rows else "n/a"
+    print(f"catch-up: {acked:,} records in {batches} batches: {rows / span:,.0f} rows/s from first batch start to "
+          f"last batch end, {warm} after the first batch ({rows / wall:,.0f} rows/s including the job's "
+          "start-up); "
+          f"the job used {cpu:,.0f} CPU seconds against {idle_cpu:,.0f} on the empty topic: "
+          f"{(cpu - idle_cpu) / rows * 1e6:,.0f} µs of CPU per record")
+
+
+def run_measured(p: Pipeline) -> tuple[float, float]:
+    """Drain the pipeline's topic with the real job; return its CPU seconds and wall seconds.
+
+    The CPU time is that of the job's whole process tree (spark-submit's JVM and the Python
+    driver, each waited for by its parent): on a shared machine, steadier than the wall clock."""
+    import resource
+
     t = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = p.run_once("--max-offsets-per-trigger", "50000", timeout=3600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.monotonic() - t
     if result.returncode != 0:
         print(result.stderr[-3000:], file=sys.stderr)
         raise SystemExit(1)
-    rows, first, last, batches = p.query(
-        "select sum(rows_in), min(batch_started_at), max(batch_finished_at), count(*) from {schema}.stream_health")[0]
-    rows, span = int(rows), (last - first).total_seconds()
-    print(f"catch-up: {acked:,} records in {batches} batches: {rows / span:,.0f} rows/s from first batch start to "
-          f"last batch end ({rows / wall:,.0f} rows/s including the job's ~20 s start-up)")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
 
 
-def latency(p: Pipeline, settings, rate: float, seconds: float, warmup: float = 15.0) -> None:
+def latency(p: Pipeline, settings, rate: float, seconds: float, warmup: float) -> None:
     """Run the real job and a paced producer; print produce-to-visible percentiles."""
     import tempfile
     from pathlib import Path
@@ -157,6 +183,7 @@ def latency(p: Pipeline, settings, rate: float, seconds: float, warmup: float = 
         behind = p.query("select max(offsets_behind) from {schema}.stream_health")[0][0]
         print(f"latency at {rate:,.0f} events/s for {seconds:.0f} s ({pcts[1]:,} events after warm-up): "
               f"p50 {p50:.2f} s, p95 {p95:.2f} s, p99 {p99:.2f} s; max offsets behind {behind}")
+        print_batch_breakdown(p, started + warmup)
     finally:
         try:
             Pipeline.stop(driver, timeout=120)
@@ -164,11 +191,32 @@ def latency(p: Pipeline, settings, rate: float, seconds: float, warmup: float = 
             Pipeline.kill9(driver)
 
 
+def print_batch_breakdown(p: Pipeline, since: float) -> None:
+    """Print where a micro-batch's time went (health rows after `since`): median and p95 of each
+    phase, and the gap between one batch's end and the next one's start (Spark's own work:
+    offsets, checkpoint, trigger)."""
+    rows = p.query(
+        "with b as (select *, extract(epoch from batch_started_at - lag(batch_finished_at) over "
+        "(order by batch_id)) * 1000 as gap_ms from {schema}.stream_health) "
+        "select count(*), avg(rows_in)::int, "
+        + ", ".join(f"percentile_cont(0.5) within group (order by {c})::int, "
+                    f"percentile_cont(0.95) within group (order by {c})::int"
+                    for c in BREAKDOWN_COLUMNS)
+        + f" from b where batch_started_at >= to_timestamp({since})")[0]
+    phases = ", ".join(f"{c} {rows[2 + 2 * i]}/{rows[3 + 2 * i]}" for i, c in enumerate(BREAKDOWN_COLUMNS))
+    print(f"  {rows[0]} batches of {rows[1]:,} rows on average; ms median/p95: {phases}")
+
+
+BREAKDOWN_COLUMNS = ("validate_ms", "postgres_ms", "bronze_ms", "quarantine_ms", "total_ms", "gap_ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected parts; print one line each."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="1000,5000", help="latency runs, events/s")
+    parser.add_argument("--rates", default="1000,2000,5000", help="latency runs, events/s")
     parser.add_argument("--seconds", type=float, default=60, help="measured seconds per latency run")
+    parser.add_argument("--warmup", type=float, default=120,
+                        help="seconds of each latency run not measured (the job's JVM warming up)")
     parser.add_argument("--backlog", type=int, default=200_000, help="records to drain for catch-up")
     parser.add_argument("--sink-rows", type=int, default=100_000, help="rows for the sink comparison")
     parser.add_argument("--parts", default="sink,catchup,latency", help="which parts to run")
@@ -192,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         for rate in (float(r) for r in args.rates.split(",")):
             p = Pipeline(settings, partitions=6).create()
             try:
-                latency(p, settings, rate, args.seconds)
+                latency(p, settings, rate, args.seconds, args.warmup)
             finally:
                 p.destroy()
     return 0
