@@ -82,12 +82,18 @@ class StandaloneCluster:
         self._start("worker", "org.apache.spark.deploy.worker.Worker", self.master_url, "--host", self.host,
                     "--cores", str(self.cores), "--memory", self.memory, "--webui-port", str(self.worker_ui_port),
                     "--work-dir", str(self.work_dir / "work"))
+        try:
+            return self._wait_ready()
+        except BaseException:
+            self.stop()  # never leave a half-started cluster behind (it holds 7077, 8090, 8091)
+            raise
+
+    def _wait_ready(self) -> StandaloneCluster:
         deadline = time.monotonic() + self.ready_timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             for proc in self._procs:
                 if proc.poll() is not None:
-                    self.stop()
                     raise RuntimeError(f"a Spark standalone process exited with {proc.returncode}; "
                                        f"see {self.work_dir}/master.log and worker.log")
             try:
@@ -95,10 +101,11 @@ class StandaloneCluster:
                     log.info("Spark standalone cluster ready at %s (UI http://%s:%d)", self.master_url, self.host,
                              self.master_ui_port)
                     return self
-            except OSError as exc:  # the master's UI is not listening yet
+            # OSError: the master's UI is not listening yet. ValueError: it is, but still serves
+            # its HTML page for /json/ while starting (seen in CI).
+            except (OSError, ValueError) as exc:
                 last_error = exc
             time.sleep(0.5)  # polling interval of the readiness probe
-        self.stop()
         raise TimeoutError(f"no ALIVE worker within {self.ready_timeout:.0f} s (last error: {last_error}); "
                            f"see {self.work_dir}/master.log and worker.log")
 
