@@ -4,8 +4,8 @@ no human step and batches resume within 3 minutes; then a stop from the UI's "ma
 Runs on the ad hoc stream DAG with the test's own names; the pipeline's stream is untouched.
 
 The 3 minutes are measured on a machine that is not also running one of the pipeline's batch
-jobs: the test starts when none runs and none is due before it ends (between hh:10 and hh:52). (With the hourly
-aggregates running on their one core at the same time, the same kill took 163 s to resume.)"""
+jobs: the test starts between hh:10 and hh:52, when none runs. (With the hourly aggregates
+running on their one core at the same time, the same kill took 163 s to resume.)"""
 
 from __future__ import annotations
 
