@@ -12,6 +12,10 @@ Late events: an event counts for the hour of its event_time if it reached Kafka 
 hour ended plus AGGREGATES_LATENESS_HOURS (default 2). Each run recomputes the hours of its
 window and the lateness hours before it, so an hour is final after the run of the hour that
 follows it by the lateness; later arrivals stay in bronze and quarantine but not in aggregates.
+
+It never replaces aggregates with nothing: a window with no bronze table (a typo in
+--bronze-path) or no bronze rows fails (exit 1), and a window older than the lake's retention
+(RETENTION_LAKE_DAYS, whose partitions retention has deleted or will delete) is refused (exit 2).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from common.contract import MAX_FUTURE_SKEW_SECONDS
@@ -60,6 +64,7 @@ class AggregateSettings:
     thresholds: Thresholds
     lateness_hours: int
     anomaly_delta_c: float
+    lake_days: int = 365  # RETENTION_LAKE_DAYS: the lake's partitions older than this are deleted
 
     @property
     def bronze_from(self) -> datetime:
@@ -85,6 +90,26 @@ def hour_window(start: datetime, end: datetime, lateness_hours: int) -> tuple[da
     return start - timedelta(hours=lateness_hours), end
 
 
+class NothingToAggregate(RuntimeError):
+    """The window has no bronze table or no bronze rows: its aggregates are left as they are."""
+
+
+def oldest_kept_date(now: datetime, lake_days: int) -> date:
+    """Return the oldest kafka_date the lake is sure to hold `now`: retention deletes the
+    partitions older than RETENTION_LAKE_DAYS (orchestration/retention.py)."""
+    return (now - timedelta(days=lake_days)).date()
+
+
+def check_within_retention(settings: AggregateSettings, now: datetime) -> None:
+    """Raise ValueError when the window reads bronze partitions retention may have deleted."""
+    oldest = oldest_kept_date(now, settings.lake_days)
+    if settings.bronze_from.date() < oldest:
+        raise ValueError(
+            f"the window {settings.start.isoformat()} .. {settings.end.isoformat()} reads bronze from "
+            f"{settings.bronze_from.date()}, older than the lake's retention: RETENTION_LAKE_DAYS="
+            f"{settings.lake_days} keeps partitions from {oldest} on. Its aggregates are kept as they are.")
+
+
 def read_window(spark: SparkSession, settings: AggregateSettings) -> DataFrame:
     """Return the bronze rows that can hold events of the window (partition-pruned by date)."""
     from pyspark.sql import functions as F
@@ -103,11 +128,17 @@ def compute(spark: SparkSession, settings: AggregateSettings) -> tuple[list, lis
     from pyspark.sql import functions as F
 
     if not DeltaTable.isDeltaTable(spark, settings.bronze_path):
-        # a fresh install: the stream creates bronze with its first micro-batch
-        log.warning("no Delta table at %s yet: the window has no readings", settings.bronze_path)
-        return [], [], 0
+        raise NothingToAggregate(
+            f"no Delta table at {settings.bronze_path}: check --bronze-path / BRONZE_PATH (the stream creates "
+            "bronze with its first micro-batch). Nothing was replaced.")
     bronze = read_window(spark, settings).persist()
     try:
+        bronze_rows = bronze.count()
+        if bronze_rows == 0:
+            raise NothingToAggregate(
+                f"no bronze rows in {settings.bronze_path} with Kafka timestamps {settings.bronze_from.isoformat()} "
+                f".. {settings.bronze_until.isoformat()}: a wrong table, a window the lake no longer holds, or no "
+                "readings in it. Nothing was replaced.")
         readings = hourly_readings(validate(parse(bronze_as_kafka(bronze))), settings.thresholds,
                                    settings.lateness_hours)
         readings = readings.where((F.col("hour_start_utc") >= F.lit(settings.start))
@@ -116,7 +147,7 @@ def compute(spark: SparkSession, settings: AggregateSettings) -> tuple[list, lis
         city = hourly_city_aggregates(flagged).orderBy("hour_start_utc", "city").collect()
         sensor = hourly_sensor_aggregates(flagged).orderBy("hour_start_utc", "sensor_id").collect()
         flagged.unpersist()
-        return city, sensor, bronze.count()
+        return city, sensor, bronze_rows
     finally:
         bronze.unpersist()
 
@@ -210,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         thresholds=Thresholds.from_env(env),
         lateness_hours=args.lateness_hours,
         anomaly_delta_c=env.get_float("AGGREGATES_ANOMALY_DELTA_C", 10.0),
+        lake_days=env.get_int("RETENTION_LAKE_DAYS", 365),
     )
+    try:
+        check_within_retention(settings, datetime.now(UTC))
+    except ValueError as exc:
+        parser.error(f"--start: {exc}")
     from jobs.session import build_spark
 
     spark = build_spark("iot-aggregates", env, master=args.master)
@@ -219,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info("aggregating hours %s .. %s from %s (Kafka timestamps %s .. %s)", settings.start.isoformat(),
                  settings.end.isoformat(), settings.bronze_path, settings.bronze_from.isoformat(),
                  settings.bronze_until.isoformat())
-        city, sensor, bronze_rows = compute(spark, settings)
+        try:
+            city, sensor, bronze_rows = compute(spark, settings)
+        except NothingToAggregate as exc:
+            log.error("%s", exc)
+            return 1
         replace_window(settings, city, sensor, bronze_rows)
         log.info("replaced %d hours in %s: %d city rows, %d sensor rows from %d bronze rows in %.1fs",
                  (settings.end - settings.start) // timedelta(hours=1), settings.pg_schema, len(city), len(sensor),

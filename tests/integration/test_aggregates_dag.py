@@ -3,8 +3,9 @@ lake, exact figures worked out here from what was sent, then a rerun that change
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import uuid
+import subprocess
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -84,7 +85,7 @@ def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, d
     result = p.run_once()  # the stream lands the topic in bronze (and commits its offsets)
     assert result.returncode == 0, result.stderr[-4000:]
 
-    conf = {"bronze_path": p.path("bronze"), "pg_schema": p.schema, "topic": p.topic}
+    conf = {"bronze_path": p.path("bronze"), "pg_schema": p.schema, "topic": p.topic, "query_name": p.name}
     for hour in range(3):  # the backfill: one run per hour, as `airflow backfill create` makes them
         assert dag_runner.test("iot_aggregates", h0 + timedelta(hours=hour + 1), conf) == "success"
 
@@ -112,13 +113,35 @@ def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, d
     assert (table(p, "sensor_readings_hourly_city"), table(p, "sensor_readings_hourly_sensor")) == (city, sensor)
 
 
-def test_a_window_before_bronze_exists_has_no_readings(stack, lake):
-    from jobs.aggregates import AggregateSettings, compute
+def test_a_window_with_no_bronze_table_or_no_rows_fails_and_keeps_the_aggregates(stack, lake, pipeline):
+    """A typo in --bronze-path, or a window the lake no longer holds, must never replace the
+    window's aggregates with nothing and call it a success."""
+    from jobs.aggregates import AggregateSettings, NothingToAggregate, compute
     from jobs.transform import Thresholds
 
-    h = datetime(2026, 11, 20, 10, tzinfo=UTC)
-    settings = AggregateSettings(start=h, end=h + timedelta(hours=1),
-                                 bronze_path=f"s3a://{stack.bucket}/tests/none-{uuid.uuid4().hex[:8]}/bronze",
-                                 pg_schema="unused", pg_connect={}, thresholds=Thresholds(), lateness_hours=2,
-                                 anomaly_delta_c=10.0)
-    assert compute(lake, settings) == ([], [], 0)
+    p = pipeline
+    h = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    p.query(f"insert into {{schema}}.sensor_readings_hourly_city values ('{h.isoformat()}', 'Recife', 120, 4, 20.5, "
+            "25.125, 31.5, 30.9, 40.0, 55.5, 70.0, 68.0, 100, 15, 5, 2)")
+    before = table(p, "sensor_readings_hourly_city")
+    settings = AggregateSettings(start=h, end=h + timedelta(hours=1), bronze_path=p.path("no-such-table"),
+                                 pg_schema=p.schema, pg_connect=p.stack_connect(), thresholds=Thresholds(),
+                                 lateness_hours=0, anomaly_delta_c=10.0)
+    with pytest.raises(NothingToAggregate, match="no Delta table at .*no-such-table: check --bronze-path"):
+        compute(lake, settings)
+
+    # a real table with rows, but none in the window
+    send_stamped(p, [(b"k", b"{}", (h + timedelta(hours=2)).timestamp())])
+    assert p.run_once().returncode == 0
+    with pytest.raises(NothingToAggregate, match="no bronze rows in .* with Kafka timestamps"):
+        compute(lake, dataclasses.replace(settings, bronze_path=p.path("bronze")))
+
+    # the job itself: exit 1, and the aggregates and the run log are as they were
+    result = subprocess.run(p.submit_args("aggregates", "--start", h.isoformat(), "--end",
+                                          (h + timedelta(hours=1)).isoformat(), "--lateness-hours", "0",
+                                          "--bronze-path", p.path("bronze-typo"), "--pg-schema", p.schema),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-4000:]
+    assert "Nothing was replaced" in result.stderr
+    assert table(p, "sensor_readings_hourly_city") == before
+    assert p.query("select count(*) from {schema}.aggregate_runs") == [(0,)]
