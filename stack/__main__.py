@@ -16,7 +16,7 @@ import sys
 from common.env import MissingSetting
 from stack import install, manager
 from stack.probes import NotReady
-from stack.settings import ensure_env_file, load_settings
+from stack.settings import SecretLost, ensure_env_file, load_settings
 
 log = logging.getLogger("stackctl")
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             from stack.init import apply_sql
 
             print("applied", ", ".join(apply_sql(settings)))
-    except (install.MissingPrerequisite, MissingSetting, NotReady) as exc:
+    except (install.MissingPrerequisite, MissingSetting, NotReady, SecretLost) as exc:
         print(f"stackctl {args.command}: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -23,7 +23,7 @@ from stack.services import (
     services,
     superset_dashboard_url,
 )
-from stack.settings import StackSettings
+from stack.settings import GENERATED_SECRETS, StackSettings, record_secrets_in_use
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,9 @@ def up(s: StackSettings) -> dict[str, float]:
     install.build_superset_venv(s)
     timings["install"] = time.monotonic() - t0
 
+    # from here on the stack's data is made with .env's secrets: a later `.env` that lacks one
+    # is refused instead of given a new value (stack/settings.py, ensure_env_file)
+    record_secrets_in_use(s.home, set(GENERATED_SECRETS))
     render_all(s, java, pg_bindir)
     init.init_postgres_cluster(s, pg_bindir)
     init.format_kafka_storage(s, java)

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,37 +35,116 @@ GENERATED_SECRETS = (
 )
 
 
+# Secrets that may be replaced in an existing `.env` without losing anything: a new JWT
+# secret only signs new tokens (HS512 wants at least 64 bytes; older stacks had 40).
+ROTATABLE_MIN_LENGTH = {"AIRFLOW_JWT_SECRET": 64}
+# Where `make up` records which generated secrets the stack's data was initialised with.
+SECRETS_IN_USE = "secrets-in-use"
+
+
 def _random_secret(name: str) -> str:
     if name == "AIRFLOW_FERNET_KEY":
         return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
     # hex keeps the value safe in URLs, shell files and JDBC strings alike
-    return secrets.token_hex(20)
+    return secrets.token_hex(max(20, (ROTATABLE_MIN_LENGTH.get(name, 0) + 1) // 2))
 
 
-def ensure_env_file(env_file: Path = ENV_FILE, example: Path = ENV_EXAMPLE) -> list[str]:
-    """Create `.env` from `.env.example` with random secrets; fill secrets missing from an
-    existing one. Return the names of the variables written."""
+class SecretLost(RuntimeError):
+    """A secret the stack was initialised with is missing from `.env`; generating a new one
+    would lock the stack out of its own data."""
+
+
+def write_env_atomically(env_file: Path, text: str) -> None:
+    """Write `text` to `env_file` through a new file created with mode 600 (never readable by
+    others, not even briefly) and renamed over it: a crash leaves the old file or the new."""
+    tmp = env_file.with_name(f".{env_file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, env_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(env_file.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def stack_home_for(env_file: Path) -> Path:
+    """Return the STACK_HOME that goes with `env_file`, as load_settings sees it: the
+    environment's, else the file's, else .stack beside the file."""
+    configured = os.environ.get("STACK_HOME") or (parse_env_file(env_file).get("STACK_HOME") if env_file.is_file()
+                                                   else None)
+    return Path(configured or str(env_file.parent / ".stack")).expanduser().resolve()
+
+
+def secrets_in_use(home: Path) -> set[str]:
+    """Return the generated secrets the stack's data in `home` was initialised with (none for a
+    new stack; every one for a stack initialised before `make up` kept the record)."""
+    record = home / SECRETS_IN_USE
+    if record.is_file():
+        return {line.strip() for line in record.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return set(GENERATED_SECRETS) if (home / "run").is_dir() else set()
+
+
+def record_secrets_in_use(home: Path, names: set[str]) -> None:
+    """Add `names` to the stack's record of the secrets its data was initialised with."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_env_atomically(home / SECRETS_IN_USE, "".join(f"{n}\n" for n in sorted(secrets_in_use(home) | names)))
+
+
+def ensure_env_file(env_file: Path = ENV_FILE, example: Path = ENV_EXAMPLE, home: Path | None = None) -> list[str]:
+    """Create `.env` from `.env.example` with random secrets, or add to an existing one the
+    generated secrets it lacks; return the names of the variables written.
+
+    Refuses (SecretLost) to generate a secret the stack in `home` was initialised with: a new
+    PostgreSQL or Superset secret would lock `make up` out of the existing data. The file is
+    created and rewritten only through write_env_atomically (mode 600, renamed into place)."""
     written: list[str] = []
     if not env_file.exists():
-        lines = example.read_text(encoding="utf-8").splitlines()
         out = []
-        for line in lines:
+        for line in example.read_text(encoding="utf-8").splitlines():
             key, sep, value = line.partition("=")
             if sep and key in GENERATED_SECRETS and value.strip() == "":
                 line = f"{key}={_random_secret(key)}"
                 written.append(key)
             out.append(line)
-        env_file.write_text("\n".join(out) + "\n", encoding="utf-8")
-        env_file.chmod(0o600)
+        home = home or stack_home_for(env_file)
+        lost = sorted(secrets_in_use(home) & set(written) - {k for k in written if os.environ.get(k)})
+        if lost:
+            raise SecretLost(_lost_message(env_file, home, lost))
+        write_env_atomically(env_file, "\n".join(out) + "\n")
         return written
     present = parse_env_file(env_file)
     missing = [k for k in GENERATED_SECRETS if not present.get(k) and not os.environ.get(k)]
-    if missing:
-        with env_file.open("a", encoding="utf-8") as fh:
-            for key in missing:
-                fh.write(f"{key}={_random_secret(key)}\n")
-                written.append(key)
+    short = [k for k, n in ROTATABLE_MIN_LENGTH.items() if present.get(k) and len(present[k]) < n
+             and not os.environ.get(k)]
+    if not missing and not short:
+        return written
+    home = home or stack_home_for(env_file)
+    lost = sorted(set(missing) & secrets_in_use(home))
+    if lost:
+        raise SecretLost(_lost_message(env_file, home, lost))
+    lines = [line for line in env_file.read_text(encoding="utf-8").splitlines()
+             if line.partition("=")[0].strip().removeprefix("export ").strip() not in set(missing) | set(short)]
+    for key in [*missing, *short]:
+        lines.append(f"{key}={_random_secret(key)}")
+        written.append(key)
+    write_env_atomically(env_file, "\n".join(lines) + "\n")
     return written
+
+
+def _lost_message(env_file: Path, home: Path, lost: list[str]) -> str:
+    return (f"{env_file} lacks {', '.join(lost)}, which the stack in {home} was initialised with. A new value "
+            "would lock it out of its own data (PostgreSQL roles, MinIO keys, Superset's encrypted settings), so "
+            f"none is generated. Put the old value(s) back into {env_file.name} (from a backup, or from the "
+            f"service configs under {home / 'run'}); or, to start over with new secrets and no data, run "
+            "`make clean` then `make up`.")
 
 
 def default_cache_dir() -> Path:
@@ -270,7 +350,11 @@ def main() -> int:
     `make env` runs this with the system's python3 and no virtualenv (this module needs only
     the standard library): the first step of the Docker quick start.
     """
-    written = ensure_env_file()
+    try:
+        written = ensure_env_file()
+    except SecretLost as exc:
+        print(f"make env: {exc}", file=sys.stderr)
+        return 2
     if written:
         print(f"{ENV_FILE}: generated {', '.join(written)}")
     else:
