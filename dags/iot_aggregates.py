@@ -32,6 +32,8 @@ with DAG(
         "bronze_path": Param("", type="string", description="bronze Delta table; empty: BRONZE_PATH"),
         "pg_schema": Param("", type="string", description="PostgreSQL schema; empty: PIPELINE_SCHEMA"),
         "topic": Param("", type="string", description="Kafka topic the stream reads; empty: KAFKA_TOPIC"),
+        "query_name": Param("", type="string", description="the stream whose progress is waited for; "
+                                                            "empty: STREAM_QUERY_NAME"),
     },
 ) as dag:
 
@@ -45,10 +47,11 @@ with DAG(
         env = Env()
         topic = params["topic"] or env.get("KAFKA_TOPIC", "iot.sensor-readings")
         schema = params["pg_schema"] or env.get("PIPELINE_SCHEMA", "iot")
+        query_name = params["query_name"] or env.get("STREAM_QUERY_NAME", "sensor_readings")
         needed = offsets_before(env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), topic, data_interval_end)
         conn = connections.postgres()
         try:
-            missing = offsets_still_needed(needed, committed_offsets(conn, schema))
+            missing = offsets_still_needed(needed, committed_offsets(conn, schema, query_name, topic))
         finally:
             conn.close()
         if missing:

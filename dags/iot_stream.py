@@ -6,7 +6,9 @@
   DAG, then mark the running task instance success (or failed) in the UI; the driver finishes
   its micro-batch and exits (orchestration/operators.py).
 - iot_stream_adhoc: the same job on names of your own, from the run's params (trigger with
-  config); retried on failure like the other, never rescheduled.
+  config); retried on failure like the other, never rescheduled. Every name is required: a
+  run on some names of its own and the pipeline's for the rest would be a second writer of the
+  pipeline's tables, and each Delta table, checkpoint and schema has one writer at a time.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ DEFAULT_ARGS = {
 
 def stream_dag(dag_id: str, schedule: str | None, adhoc: bool, doc: str) -> DAG:
     """Return a DAG with one task: the streaming job, submitted with spark-submit."""
-    params = {name: Param("", type="string", description=text) for name, (_, text) in STREAM_PARAMS.items()}
+    # no default: the trigger form requires each one, and a blank one is refused
+    params = {name: Param(type="string", minLength=1, pattern=r"\S", description=text)
+              for name, (_, text) in STREAM_PARAMS.items()}
     with DAG(dag_id, schedule=schedule, start_date=datetime(2026, 1, 1, tzinfo=UTC), catchup=False,
              max_active_runs=1, default_args=DEFAULT_ARGS, tags=["iot", "stream"], doc_md=doc,
              params=params if adhoc else {}) as dag:

@@ -3,9 +3,11 @@ by that driver between two micro-batches.
 
 Delta on S3 is safe with one writer per table (S3 has no atomic put-if-absent that Delta's
 default log store relies on). So:
-- `WriterLock`: a driver holds a PostgreSQL advisory lock keyed by its checkpoint for as long
-  as it runs. A second driver of the same checkpoint (Airflow resubmitting while a stopping
-  one finishes its batch) waits for it. A driver that dies loses its connection, and the lock.
+- `WriterLock`: a driver holds PostgreSQL advisory locks keyed by its checkpoint, by the
+  normalised path of each Delta table it writes and by its PostgreSQL schema, for as long as
+  it runs. A second writer of any of them (Airflow resubmitting while a stopping driver
+  finishes its batch, an ad hoc run on a production name) waits, then is refused. A driver
+  that dies loses its connection, and the locks.
 - `LakeMaintenance`: the retention DAG never writes the stream's tables. It inserts a row into
   `lake_maintenance`; the stream claims it between two micro-batches, deletes the old
   partitions, compacts (OPTIMIZE) and vacuums, and records the outcome for the DAG to read.
@@ -15,9 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import posixpath
+import re
 import time
 from datetime import date
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -25,40 +31,121 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class WriterLock:
-    """A session-level PostgreSQL advisory lock named after the stream's checkpoint."""
+S3_SCHEMES = ("s3", "s3a", "s3n")
 
-    def __init__(self, connect_kwargs: dict, checkpoint: str, timeout_seconds: int) -> None:
+
+def normalise_location(location: str) -> str:
+    """Return the canonical form of a table or checkpoint location, so that one folder has one
+    lock however it is written: s3://, s3n:// and s3a:// are one scheme, the bucket is
+    lower-case, repeated and trailing slashes and "." and ".." segments are resolved, and a
+    local path is absolute (file:/...). Raise ValueError on an empty location."""
+    text = location.strip()
+    if not text:
+        raise ValueError("empty location")
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if len(scheme) <= 1:  # no scheme, or a Windows drive letter: a local path
+        return "file:" + os.path.realpath(text)
+    if scheme == "file":
+        return "file:" + os.path.realpath(parts.path or "/")
+    path = posixpath.normpath("/" + re.sub("/+", "/", parts.path.lstrip("/")))
+    if scheme in S3_SCHEMES:
+        return f"s3a://{parts.netloc.lower()}{path.rstrip('/')}"
+    return f"{scheme}://{parts.netloc}{path.rstrip('/')}"
+
+
+def writer_resources(checkpoint: str, tables: dict[str, str], pg_database: str, pg_schema: str) -> dict[str, str]:
+    """Return {lock key: what it protects} of a stream: its checkpoint, each Delta table it
+    writes (by normalised path) and its PostgreSQL schema. Raise ValueError when two of the
+    locations are the same folder or one lies inside another (a checkpoint inside a table
+    would be vacuumed away; a table inside another corrupts both)."""
+    locations = {"checkpoint": normalise_location(checkpoint),
+                 **{f"{name} table": normalise_location(path) for name, path in tables.items()}}
+    names = list(locations)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            la, lb = locations[a], locations[b]
+            if la == lb or lb.startswith(la + "/") or la.startswith(lb + "/"):
+                raise ValueError(f"the {a} ({la}) and the {b} ({lb}) overlap: give each its own folder")
+    resources = {f"checkpoint:{locations['checkpoint']}": f"checkpoint {locations['checkpoint']}"}
+    for name in names[1:]:
+        resources[f"delta:{locations[name]}"] = f"{name} {locations[name]}"
+    resources[f"pipeline-schema:{pg_database}.{pg_schema}"] = f"PostgreSQL schema {pg_database}.{pg_schema}"
+    return resources
+
+
+class WriterLock:
+    """Session-level PostgreSQL advisory locks, one per resource a writer must own alone: its
+    checkpoint, each Delta table by normalised path, its PostgreSQL schema (writer_resources).
+
+    Taken in a fixed order on one connection, so two writers never deadlock. A lock held by
+    another process is waited for up to `timeout_seconds` (Airflow resubmitting the stream
+    while the stopping driver finishes its batch), then refused with a message naming what is
+    held and by whom."""
+
+    def __init__(self, connect_kwargs: dict, resources: dict[str, str], timeout_seconds: int,
+                 application_name: str = "iot-writer-lock") -> None:
         self.connect_kwargs = connect_kwargs
-        self.checkpoint = checkpoint
+        self.resources = dict(sorted(resources.items()))
         self.timeout_seconds = timeout_seconds
+        self.application_name = application_name
         self._conn = None
 
     def acquire(self) -> None:
-        """Block until this process holds the lock; raise TimeoutError after timeout_seconds."""
+        """Block until this process holds every lock; raise TimeoutError after timeout_seconds."""
         import psycopg2
         from psycopg2 import errors
 
-        conn = psycopg2.connect(**self.connect_kwargs, connect_timeout=10, application_name="iot-stream-lock")
+        conn = psycopg2.connect(**self.connect_kwargs, connect_timeout=10, application_name=self.application_name)
         conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))", (self.checkpoint,))
-            if not cur.fetchone()[0]:
-                log.warning("another driver holds checkpoint %s: waiting up to %d s for it to stop",
-                            self.checkpoint, self.timeout_seconds)
-                cur.execute("select set_config('lock_timeout', %s, false)", (f"{self.timeout_seconds}s",))
-                try:
-                    cur.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (self.checkpoint,))
-                except errors.LockNotAvailable as exc:
-                    conn.close()
-                    raise TimeoutError(
-                        f"checkpoint {self.checkpoint} is still held by another driver after "
-                        f"{self.timeout_seconds} s (STREAM_LOCK_TIMEOUT_SECONDS); stop it first") from exc
+        deadline = time.monotonic() + self.timeout_seconds
+        try:
+            with conn.cursor() as cur:
+                for key, what in self.resources.items():
+                    cur.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
+                    if cur.fetchone()[0]:
+                        continue
+                    holder = self._holder(cur, key)
+                    left = deadline - time.monotonic()
+                    log.warning("the %s is held by another writer (%s): waiting up to %.0f s for it to stop",
+                                what, holder, max(left, 0))
+                    if left <= 0:
+                        raise TimeoutError(self._refusal(what, holder))
+                    cur.execute("select set_config('lock_timeout', %s, false)", (f"{int(left * 1000)}ms",))
+                    try:
+                        cur.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+                    except errors.LockNotAvailable:
+                        raise TimeoutError(self._refusal(what, self._holder(cur, key))) from None
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
-        log.info("holding the single-writer lock of checkpoint %s", self.checkpoint)
+        log.info("holding the single-writer locks of: %s", "; ".join(self.resources.values()))
+
+    def _refusal(self, what: str, holder: str) -> str:
+        return (f"the {what} is still held by another writer ({holder}) after {self.timeout_seconds} s "
+                "(STREAM_LOCK_TIMEOUT_SECONDS): a Delta table, checkpoint or pipeline schema has one "
+                "writer at a time. Stop that writer first, or give this run names of its own.")
+
+    @staticmethod
+    def _holder(cur, key: str) -> str:
+        """Return who holds the advisory lock `key`, as PostgreSQL sees it."""
+        cur.execute("select hashtextextended(%s, 0)", (key,))
+        value = cur.fetchone()[0] & 0xFFFF_FFFF_FFFF_FFFF
+        cur.execute("select a.pid, a.application_name, a.client_addr::text, a.backend_start "
+                    "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
+                    "where l.locktype = 'advisory' and l.granted and l.objsubid = 1 "
+                    "and l.classid::text = %s and l.objid::text = %s",
+                    (str(value >> 32), str(value & 0xFFFF_FFFF)))
+        row = cur.fetchone()
+        if row is None:
+            return "a session that has since released it"
+        pid, app, addr, since = row
+        return (f"PostgreSQL backend {pid}, application {app or '?'}, from {addr or 'a local socket'}, "
+                f"since {since:%Y-%m-%d %H:%M:%S %Z}")
 
     def release(self) -> None:
-        """Release the lock (closing the connection releases it too)."""
+        """Release every lock (closing the connection releases them too)."""
         if self._conn is not None and not self._conn.closed:
             self._conn.close()
         self._conn = None
@@ -92,7 +179,10 @@ class LakeMaintenance:
     """Claims and carries out the stream's pending lake maintenance requests."""
 
     def __init__(self, connect_kwargs: dict, schema: str, query_name: str, tables: dict[str, str],
-                 poll_seconds: float) -> None:
+                 poll_seconds: float, max_attempts: int = 3) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"STREAM_MAINTENANCE_MAX_ATTEMPTS must be >= 1, got {max_attempts}")
+        self.max_attempts = max_attempts
         self.connect_kwargs = connect_kwargs
         self.schema = schema
         self.query_name = query_name
@@ -110,14 +200,23 @@ class LakeMaintenance:
 
         return psycopg2.connect(**self.connect_kwargs, connect_timeout=10, application_name="iot-stream-maintenance")
 
-    def reset_interrupted(self) -> int:
-        """Return requests a previous driver of this stream left running, set back to pending."""
+    def reset_interrupted(self) -> tuple[int, int]:
+        """Return (requeued, failed): the requests a previous driver of this stream left running
+        set back to pending, and those already claimed `max_attempts` times marked failed (a
+        request that kills the driver must not crash-loop the stream)."""
         conn = self._connect()
         try:
             with conn, conn.cursor() as cur:
+                cur.execute(self._sql(
+                    "update {schema}.lake_maintenance set state = 'failed', finished_at = now(), "
+                    "error = format('the stream''s driver died while carrying it out, %%s times "
+                    "(STREAM_MAINTENANCE_MAX_ATTEMPTS=%%s): its log has the cause', attempts, %s) "
+                    "where query_name = %s and state = 'running' and attempts >= %s"),
+                    (self.max_attempts, self.query_name, self.max_attempts))
+                failed = cur.rowcount
                 cur.execute(self._sql("update {schema}.lake_maintenance set state = 'pending', started_at = null "
                                       "where query_name = %s and state = 'running'"), (self.query_name,))
-                return cur.rowcount
+                return cur.rowcount, failed
         finally:
             conn.close()
 
@@ -133,9 +232,9 @@ class LakeMaintenance:
         self._next_poll = time.monotonic() + self.poll_seconds
         handled = 0
         while (claimed := self._claim()) is not None:
-            request_id, delete_before, retain_hours = claimed
-            log.info("lake maintenance %d: deleting partitions before %s, compacting, vacuuming (retain %d h)",
-                     request_id, delete_before, retain_hours)
+            request_id, delete_before, retain_hours, attempt = claimed
+            log.info("lake maintenance %d (attempt %d of %d): deleting partitions before %s, compacting, "
+                     "vacuuming (retain %d h)", request_id, attempt, self.max_attempts, delete_before, retain_hours)
             t0 = time.monotonic()
             try:
                 result = {name: maintain_table(spark, path, delete_before, retain_hours)
@@ -155,10 +254,11 @@ class LakeMaintenance:
         try:
             with conn, conn.cursor() as cur:
                 cur.execute(self._sql(
-                    "update {schema}.lake_maintenance set state = 'running', started_at = now() "
+                    "update {schema}.lake_maintenance set state = 'running', started_at = now(), "
+                    "attempts = attempts + 1 "
                     "where request_id = (select request_id from {schema}.lake_maintenance "
                     "where query_name = %s and state = 'pending' order by request_id limit 1 for update skip locked) "
-                    "returning request_id, delete_before_date, vacuum_retain_hours"), (self.query_name,))
+                    "returning request_id, delete_before_date, vacuum_retain_hours, attempts"), (self.query_name,))
                 return cur.fetchone()
         finally:
             conn.close()

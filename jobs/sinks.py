@@ -169,12 +169,13 @@ class PostgresSink:
                 cur.execute(self._sql("insert into {schema}.sink_progress (query_id, batch_id) values (%s, %s)"),
                             (query_id, batch_id))
                 cur.execute(self._sql(
-                    "insert into {schema}.stream_health (query_id, batch_id, batch_started_at, batch_finished_at, "
-                    "rows_in, rows_valid, rows_quarantined, rows_inserted, duplicates, rule_failures, "
-                    "validate_ms, postgres_ms, end_offsets, offsets_behind) "
-                    "values (%s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, "
+                    "insert into {schema}.stream_health (query_id, batch_id, query_name, topic, batch_started_at, "
+                    "batch_finished_at, rows_in, rows_valid, rows_quarantined, rows_inserted, duplicates, "
+                    "rule_failures, validate_ms, postgres_ms, end_offsets, offsets_behind) "
+                    "values (%s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, "
                     "(extract(epoch from clock_timestamp() - %s::timestamptz) * 1000)::int, %s, %s)"),
-                    (query_id, batch_id, health["started_at"], health["rows_in"], health["rows_valid"],
+                    (query_id, batch_id, health["query_name"], health["topic"], health["started_at"],
+                     health["rows_in"], health["rows_valid"],
                      health["rows_quarantined"], inserted, duplicates, json.dumps(health["rule_failures"]),
                      health["validate_ms"], health["postgres_started_at"], json.dumps(health["end_offsets"]),
                      health["offsets_behind"]))

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from common.env import Env
-from jobs.maintenance import LakeMaintenance, WriterLock
+from jobs.maintenance import LakeMaintenance, WriterLock, writer_resources
 from jobs.session import pg_connect_kwargs
 from jobs.sinks import DeltaSink, PostgresSink, curated_csv_column
 from jobs.transform import Thresholds, parse, quarantine, summarize, to_bronze, validate
@@ -41,6 +41,34 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jobs.stream")
 QUERY_ID_PROPERTY = "sql.streaming.queryId"
+
+# The names that make a stream the pipeline's or one of your own, and their options. A run
+# gives all of them or none: with some, it would fall back to the pipeline's value for the
+# rest and become a second writer of the pipeline's tables, schema or maintenance requests.
+NAME_OPTIONS = {
+    "topic": "--topic",
+    "checkpoint": "--checkpoint",
+    "bronze_path": "--bronze-path",
+    "quarantine_path": "--quarantine-path",
+    "pg_schema": "--pg-schema",
+    "query_name": "--query-name",
+}
+
+
+def own_names(given: dict[str, str | None]) -> dict[str, str]:
+    """Return the stream's names given on the command line: all of NAME_OPTIONS, or none (an
+    empty value counts as not given: Airflow passes unset params as ""). Raise ValueError
+    naming the missing options when only some are given."""
+    names = {k: v.strip() for k, v in given.items() if k in NAME_OPTIONS and v and v.strip()}
+    if names and len(names) < len(NAME_OPTIONS):
+        missing = [option for key, option in NAME_OPTIONS.items() if key not in names]
+        present = [option for key, option in NAME_OPTIONS.items() if key in names]
+        raise ValueError(
+            f"names of your own are all or nothing: {', '.join(present)} given, but not {', '.join(missing)}. "
+            "Falling back to the pipeline's value for those would make this run a second writer of the "
+            "pipeline's tables. Give every one of " + ", ".join(NAME_OPTIONS.values())
+            + ", or none to run the pipeline's own stream.")
+    return names
 
 
 @dataclass(frozen=True)
@@ -60,6 +88,7 @@ class StreamSettings:
     thresholds: Thresholds
     lock_timeout_seconds: int = 600
     maintenance_poll_seconds: float = 10.0
+    maintenance_max_attempts: int = 3
     starting_offsets: str = "earliest"
 
     @classmethod
@@ -80,6 +109,7 @@ class StreamSettings:
             thresholds=Thresholds.from_env(env),
             lock_timeout_seconds=env.get_int("STREAM_LOCK_TIMEOUT_SECONDS", 600),
             maintenance_poll_seconds=env.get_float("STREAM_MAINTENANCE_POLL_SECONDS", 10.0),
+            maintenance_max_attempts=env.get_int("STREAM_MAINTENANCE_MAX_ATTEMPTS", 3),
         )
 
 
@@ -167,7 +197,8 @@ class BatchProcessor:
             # 1. PostgreSQL first: the rows are visible as soon as possible. All three sinks
             #    are idempotent per batch, so their order does not affect exactly-once.
             result = self.postgres.write_batch(query_id, batch_id, lines, {
-                "started_at": started, "rows_in": rows_in, "rows_valid": len(lines),
+                "query_name": self.settings.query_name, "topic": self.settings.topic, "started_at": started,
+                "rows_in": rows_in, "rows_valid": len(lines),
                 "rows_quarantined": quarantined, "rule_failures": {k: v for k, v in failures.items() if v},
                 "validate_ms": validate_ms, "postgres_started_at": datetime.now(UTC),
                 "end_offsets": {str(p): o for p, o in end_offsets.items()}, "offsets_behind": behind,
@@ -257,9 +288,16 @@ def build_processor(settings: StreamSettings) -> BatchProcessor:
     )
 
 
+def stream_resources(settings: StreamSettings) -> dict[str, str]:
+    """Return the lock keys the stream must hold alone (see jobs/maintenance.writer_resources)."""
+    tables = {"bronze": settings.bronze_path, "quarantine": settings.quarantine_path}
+    return writer_resources(settings.checkpoint, tables, settings.pg_connect["dbname"], settings.pg_schema)
+
+
 def run(spark: SparkSession, settings: StreamSettings, trigger: dict, stop_event: threading.Event) -> int:
     """Run the query until it ends, fails, or `stop_event` is set; return the exit status."""
-    lock = WriterLock(settings.pg_connect, settings.checkpoint, settings.lock_timeout_seconds)
+    lock = WriterLock(settings.pg_connect, stream_resources(settings), settings.lock_timeout_seconds,
+                      application_name=f"iot-stream-lock {settings.query_name}"[:63])
     lock.acquire()
     try:
         return _run_locked(spark, settings, trigger, stop_event)
@@ -270,9 +308,13 @@ def run(spark: SparkSession, settings: StreamSettings, trigger: dict, stop_event
 def _run_locked(spark: SparkSession, settings: StreamSettings, trigger: dict, stop_event: threading.Event) -> int:
     maintenance = LakeMaintenance(settings.pg_connect, settings.pg_schema, settings.query_name,
                                   {"bronze": settings.bronze_path, "quarantine": settings.quarantine_path},
-                                  settings.maintenance_poll_seconds)
-    if interrupted := maintenance.reset_interrupted():
-        log.warning("%d lake maintenance request(s) interrupted by the previous driver: pending again", interrupted)
+                                  settings.maintenance_poll_seconds, settings.maintenance_max_attempts)
+    requeued, failed = maintenance.reset_interrupted()
+    if requeued:
+        log.warning("%d lake maintenance request(s) interrupted by the previous driver: pending again", requeued)
+    if failed:
+        log.error("%d lake maintenance request(s) interrupted %d times by a dying driver: marked failed, not "
+                  "retried (see lake_maintenance.error and marts.pipeline_health)", failed, maintenance.max_attempts)
     processor = build_processor(settings)
     query = build_query(kafka_source(spark, settings), processor, trigger, settings.checkpoint,
                         settings.query_name)
@@ -330,29 +372,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="micro-batch interval (default STREAM_TRIGGER_SECONDS or 5)")
     parser.add_argument("--max-offsets-per-trigger", type=int, default=defaults.max_offsets_per_trigger,
                         help="upper bound of records per micro-batch (default STREAM_MAX_OFFSETS_PER_TRIGGER or 50000)")
-    parser.add_argument("--topic", default=defaults.topic, help="Kafka topic (default KAFKA_TOPIC)")
-    parser.add_argument("--checkpoint", default=defaults.checkpoint,
-                        help="checkpoint location, durable (default STREAM_CHECKPOINT or s3a://<bucket>/checkpoints/...)")
-    parser.add_argument("--bronze-path", default=defaults.bronze_path, help="bronze Delta table (default BRONZE_PATH)")
-    parser.add_argument("--quarantine-path", default=defaults.quarantine_path,
-                        help="quarantine Delta table (default QUARANTINE_PATH)")
-    parser.add_argument("--pg-schema", default=defaults.pg_schema,
-                        help="PostgreSQL schema of the curated, progress and health tables "
-                             "(default PIPELINE_SCHEMA or iot)")
-    parser.add_argument("--query-name", default=defaults.query_name, help="streaming query name")
+    names = parser.add_argument_group(
+        "names", "The stream's names. Give all six (a stream of your own) or none (the pipeline's own, from "
+                 ".env): a run with some is refused. Each Delta table, checkpoint and PostgreSQL schema has one "
+                 "writer at a time; a second one waits STREAM_LOCK_TIMEOUT_SECONDS, then is refused.")
+    names.add_argument("--topic", help=f"Kafka topic (pipeline's: {defaults.topic})")
+    names.add_argument("--checkpoint", help=f"checkpoint location, durable (pipeline's: {defaults.checkpoint})")
+    names.add_argument("--bronze-path", help=f"bronze Delta table (pipeline's: {defaults.bronze_path})")
+    names.add_argument("--quarantine-path", help=f"quarantine Delta table (pipeline's: {defaults.quarantine_path})")
+    names.add_argument("--pg-schema", help="PostgreSQL schema of the curated, progress and health tables "
+                                           f"(pipeline's: {defaults.pg_schema})")
+    names.add_argument("--query-name", help=f"streaming query name (pipeline's: {defaults.query_name})")
     parser.add_argument("--master", default=None, help="Spark master when run with plain python (spark-submit sets it)")
     args = parser.parse_args(argv)
     if args.trigger_seconds <= 0:
         parser.error("--trigger-seconds must be > 0")
     if args.max_offsets_per_trigger < 1:
         parser.error("--max-offsets-per-trigger must be >= 1")
-    # An empty value means the default (Airflow passes unset DAG params as empty strings).
-    settings = replace(defaults, topic=args.topic or defaults.topic, checkpoint=args.checkpoint or defaults.checkpoint,
-                       bronze_path=args.bronze_path or defaults.bronze_path,
-                       quarantine_path=args.quarantine_path or defaults.quarantine_path,
-                       pg_schema=args.pg_schema or defaults.pg_schema,
-                       trigger_seconds=args.trigger_seconds, max_offsets_per_trigger=args.max_offsets_per_trigger,
-                       query_name=args.query_name or defaults.query_name)
+    try:
+        settings = replace(defaults, **own_names(vars(args)), trigger_seconds=args.trigger_seconds,
+                           max_offsets_per_trigger=args.max_offsets_per_trigger)
+        stream_resources(settings)  # refuses overlapping locations before Spark starts
+    except ValueError as exc:
+        parser.error(str(exc))
 
     from jobs.session import build_spark
 

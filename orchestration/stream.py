@@ -7,8 +7,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STREAM_APPLICATION = str(REPO / "jobs" / "stream.py")
 
-# Run params of the ad hoc stream DAG: a stream on names of your own. Empty = the pipeline's
-# configured value (.env), which is what the supervised iot_stream DAG always uses.
+# Run params of the ad hoc stream DAG: a stream on names of your own, every one of them
+# required (jobs/stream.py refuses a run with some names and not others). The supervised
+# iot_stream DAG passes none: the pipeline's configured names (.env).
 STREAM_PARAMS = {
     "topic": ("--topic", "Kafka topic"),
     "pg_schema": ("--pg-schema", "PostgreSQL schema of the curated, progress and health tables"),

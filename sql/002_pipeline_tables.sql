@@ -61,6 +61,12 @@ create table if not exists stream_health (
     primary key (query_id, batch_id)
 );
 create index if not exists stream_health_finished_idx on stream_health (batch_finished_at);
+-- Which stream wrote the row: readers of health rows (the aggregates' wait, benchmarks) filter
+-- by query name and topic, so no other stream's rows can move them. Null only in rows written
+-- before these columns existed.
+alter table stream_health add column if not exists query_name text;
+alter table stream_health add column if not exists topic text;
+create index if not exists stream_health_query_topic_idx on stream_health (query_name, topic, batch_finished_at);
 
 reset search_path;
 reset role;

@@ -81,6 +81,10 @@ create table if not exists lake_maintenance (
     error text
 );
 create index if not exists lake_maintenance_pending_idx on lake_maintenance (query_name) where state = 'pending';
+-- How many times a driver claimed the request. A request whose driver died while carrying it
+-- out goes back to pending when the next driver starts, up to STREAM_MAINTENANCE_MAX_ATTEMPTS
+-- claims; then it is failed, so a request that kills the driver cannot crash-loop the stream.
+alter table lake_maintenance add column if not exists attempts integer not null default 0;
 
 reset search_path;
 reset role;

@@ -108,8 +108,9 @@ where r.event_time >= greatest(coalesce(covered.live_from, '-infinity'),
 group by 1, 2;
 
 -- pipeline_health: one row. The last micro-batch (when, how long ago, offsets still behind the
--- topic's end) and the last 5 minutes of batches (how many, rows read per second, share of
--- rows quarantined; null without rows).
+-- topic's end), the last 5 minutes of batches (how many, rows read per second, share of
+-- rows quarantined; null without rows), and lake maintenance requests that failed in the last
+-- 7 days (how many, and the newest one's error).
 create or replace view :"marts_schema".pipeline_health as
 with last_batch as (
     select batch_finished_at, offsets_behind
@@ -121,6 +122,11 @@ with last_batch as (
            coalesce(sum(rows_quarantined), 0) as rows_quarantined
     from :"pipeline_schema".stream_health
     where batch_finished_at >= now() - interval '5 minutes'
+), maintenance as (
+    select count(*)::bigint as failed,
+           (array_agg(error order by finished_at desc))[1] as last_error
+    from :"pipeline_schema".lake_maintenance
+    where state = 'failed' and finished_at >= now() - interval '7 days'
 )
 select
     (last_batch.batch_finished_at at time zone 'America/Sao_Paulo')::timestamp(0) as last_batch_local,
@@ -129,8 +135,10 @@ select
     recent.batches as batches_last_5_min,
     round(recent.rows_in / 300.0, 2) as rows_per_second,
     case when recent.rows_in > 0 then round(100.0 * recent.rows_quarantined / recent.rows_in, 2) end
-        as quarantine_rate_pct
-from recent left join last_batch on true;
+        as quarantine_rate_pct,
+    maintenance.failed as maintenance_failed_7_days,
+    maintenance.last_error as maintenance_last_error
+from recent cross join maintenance left join last_batch on true;
 
 -- The BI role reads these views and nothing else (the views read the tables with their
 -- owner's rights).

@@ -72,6 +72,16 @@ def test_marts_return_the_exact_figures_of_known_rows(stack, schemas):
                 sql.Identifier(schema)),
                 (batch_id, finished, finished, rows_in, rows_in - quarantined, quarantined, rows_in - quarantined,
                  behind))
+        maintenance = [  # (state, finished, error): only failures of the last 7 days count, newest first
+            ("failed", t0 - timedelta(days=8), "too old to count"),
+            ("failed", t0 - timedelta(days=2), "older failure"),
+            ("failed", t0 - timedelta(hours=1), "driver died 3 times"),
+            ("done", t0 - timedelta(minutes=5), None),
+        ]
+        for state, finished, error in maintenance:
+            cur.execute(sql.SQL("insert into {}.lake_maintenance (requested_by, query_name, delete_before_date, "
+                                "vacuum_retain_hours, state, finished_at, error) values ('test', 'q', '2026-01-01', "
+                                "168, %s, %s, %s)").format(sql.Identifier(schema)), (state, finished, error))
         hour = datetime(2026, 11, 26, 15, tzinfo=UTC)
         cur.execute(sql.SQL("insert into {}.sensor_readings_hourly_city values (%s, 'Recife', 120, 4, 20.5, 25.125, "
                             "31.5, 30.9, 40.0, 55.5, 70.0, 68.0, 100, 15, 5, 2)").format(sql.Identifier(schema)),
@@ -116,7 +126,9 @@ def test_marts_return_the_exact_figures_of_known_rows(stack, schemas):
         assert [(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[12], r[13], r[14], r[15], r[16]) for r in hourly[1:]] \
             == expected_live
 
-        (last_local, age, behind, batches_5m, rows_per_s, quarantine_pct), = rows("pipeline_health")
+        (last_local, age, behind, batches_5m, rows_per_s, quarantine_pct, maintenance_failed,
+         maintenance_error), = rows("pipeline_health")
+        assert (maintenance_failed, maintenance_error) == (2, "driver died 3 times")
         elapsed = time.monotonic() - started
         assert last_local == local(batches[2][1]).replace(microsecond=0) or \
             last_local == local(batches[2][1] + timedelta(seconds=1)).replace(microsecond=0)
@@ -143,9 +155,10 @@ def test_empty_tables_give_one_row_of_kpis_and_health_and_empty_boards(stack, sc
                           "pipeline_health": 1}
         cur.execute(sql.SQL("select readings, mean_temperature_c from {}.current_kpis").format(sql.Identifier(marts)))
         assert cur.fetchone() == (0, None)
-        cur.execute(sql.SQL("select last_batch_age_seconds, batches_last_5_min, quarantine_rate_pct "
+        cur.execute(sql.SQL("select last_batch_age_seconds, batches_last_5_min, quarantine_rate_pct, "
+                            "maintenance_failed_7_days, maintenance_last_error "
                             "from {}.pipeline_health").format(sql.Identifier(marts)))
-        assert cur.fetchone() == (None, 0, None)
+        assert cur.fetchone() == (None, 0, None, 0, None)
     bi.close()
 
 

@@ -89,6 +89,24 @@ def test_the_stream_dag_is_continuous_and_single_run(dagbag):
     assert adhoc.tasks[0].application_args[:2] == ["--topic", "{{ params.topic }}"]
 
 
+def test_the_adhoc_stream_requires_every_name(dagbag):
+    """A run with some names of its own would take the pipeline's value for the rest and become
+    a second writer of the pipeline's tables: the trigger form requires each name."""
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from orchestration.stream import STREAM_PARAMS
+
+    adhoc = dagbag.dags["iot_stream_adhoc"]
+    assert set(adhoc.params) == set(STREAM_PARAMS)
+    for name in STREAM_PARAMS:
+        param = adhoc.params.get_param(name)
+        assert not param.has_value, f"{name} must have no default"
+        assert param.resolve("mine") == "mine"
+        for blank in ("", "   "):
+            with pytest.raises(ParamValidationError):
+                param.resolve(blank)
+
+
 def test_aggregates_are_scoped_to_hourly_data_intervals(dagbag):
     from airflow.sdk import CronDataIntervalTimetable
 
