@@ -253,3 +253,26 @@ def test_airflow_admin_login_from_env_gets_a_token(stack):
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status in {200, 201}
         assert json.loads(resp.read())["access_token"]
+
+
+# ---- who can get in --------------------------------------------------------------------------
+
+def test_every_listener_of_the_stack_is_on_loopback(stack):
+    """Every TCP socket the stack's processes (supervisord's tree: the services, Airflow's
+    components and the Spark drivers they start) listen on is bound to loopback."""
+    import psutil
+
+    supervisord = psutil.Process(int((stack.run_dir / "supervisord.pid").read_text()))
+    listeners = {}
+    for proc in [supervisord, *supervisord.children(recursive=True)]:
+        try:
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    listeners[(conn.laddr.ip, conn.laddr.port)] = " ".join(proc.cmdline()[:3])
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    assert {(stack.pg_host, stack.pg_port), ("127.0.0.1", stack.kafka_port),
+            ("127.0.0.1", stack.airflow_port)} <= set(listeners)
+    exposed = {addr: cmd for addr, cmd in listeners.items() if addr[0] not in {"127.0.0.1", "::1"}}
+    assert exposed == {}
+    assert not {port for _, port in listeners} & {8793, 8794}  # Airflow's log servers are off

@@ -102,6 +102,11 @@ def test_supervisord_programs_do_not_autostart_and_bind_loopback(settings):
     assert settings.airflow_db_password not in conf
     assert settings.superset_secret_key not in conf
     assert "--bind 127.0.0.1:8088" in conf
+    # Airflow's log servers would bind 0.0.0.0 and [::] (8793, 8794): off, nothing reads them
+    commands = {line.split("]")[0][9:]: next_line for line, next_line in zip(conf.splitlines(), conf.splitlines()[1:])
+                if line.startswith("[program:")}
+    assert commands["airflow-scheduler"].endswith("airflow scheduler --skip-serve-logs")
+    assert commands["airflow-triggerer"].endswith("airflow triggerer --skip-serve-logs")
 
 
 def test_airflow_env_sizes_for_two_cores_and_takes_connections_from_env(settings):
@@ -166,3 +171,42 @@ def test_stackctl_help_lists_every_command():
                          capture_output=True, text=True, check=True).stdout
     for command in ("up", "down", "status", "clean", "sql"):
         assert f"    {command}" in out
+
+
+def secret_values(settings) -> dict[str, str]:
+    """Every secret of the stack's settings, by field name."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+            if any(w in f.name for w in ("password", "secret", "fernet"))}
+
+
+def test_make_status_says_where_passwords_are_not_what_they_are(settings):
+    from stack.manager import credentials
+
+    text = "\n".join(credentials(settings).values())
+    assert "AIRFLOW_ADMIN_PASSWORD in" in text
+    assert "SUPERSET_ADMIN_PASSWORD in .env" in text
+    leaked = {name for name, value in secret_values(settings).items() if value in text}
+    assert leaked == set()
+
+
+def test_no_secret_is_put_on_a_command_line_during_make_up(settings, monkeypatch):
+    """`ps` shows every process's command line to every local user: the init steps of `make up`
+    pass secrets through the environment, stdin or a private file."""
+    calls = []
+
+    def fake_run(argv, *args, **kwargs):
+        calls.append([str(a) for a in argv])
+        stdout = '{"status": "success", "policyName": "lakehouse-readwrite"}\n' if "mc" in str(argv[0]) else ""
+        return subprocess.CompletedProcess(argv, 0, stdout, "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    settings.run_dir.mkdir(parents=True)
+    settings.superset_home.mkdir(parents=True)
+    init.init_minio(settings)
+    init.migrate_airflow(settings)
+    init.init_superset(settings)
+    assert any("add" in c and settings.s3_access_key in c for c in calls)  # the key itself was created
+    assert any(c[-1] == "dashboards.superset_admin" for c in calls)
+    leaked = {(name, " ".join(c[:3])) for c in calls for name, value in secret_values(settings).items()
+              if any(value in arg for arg in c)}
+    assert leaked == set()
