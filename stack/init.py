@@ -214,12 +214,14 @@ def bucket_policy(bucket: str) -> dict:
     return json.loads(json.dumps(template).replace("${BUCKET}", bucket))
 
 
-def _mc(s: StackSettings, *args: str) -> dict | list:
+def _mc(s: StackSettings, *args: str, stdin: str | None = None) -> dict | list:
+    """Run mc --json against the stack's MinIO as root; secrets go through the environment
+    (the alias) and `stdin`, never on its command line."""
     env = {**os.environ,
            "MC_HOST_lakehouse": f"http://{s.minio_root_user}:{s.minio_root_password}"
                                 f"@127.0.0.1:{s.minio_port}",
            "MC_CONFIG_DIR": str(s.run_dir / "mc")}
-    result = subprocess.run([str(s.gobin / "mc"), "--json", *args], env=env,
+    result = subprocess.run([str(s.gobin / "mc"), "--json", *args], env=env, input=stdin or "",
                             capture_output=True, text=True)
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0:
@@ -237,7 +239,7 @@ def init_minio(s: StackSettings) -> None:
         _mc(s, "admin", "policy", "create", "lakehouse", policy_name, fh.name)
     finally:
         os.unlink(fh.name)
-    _mc(s, "admin", "user", "add", "lakehouse", s.s3_access_key, s.s3_secret_key)
+    _mc(s, "admin", "user", "add", "lakehouse", s.s3_access_key, stdin=s.s3_secret_key + "\n")
     info = _mc(s, "admin", "user", "info", "lakehouse", s.s3_access_key)
     attached = info.get("policyName", "") if isinstance(info, dict) else ""
     if policy_name not in attached.split(","):
@@ -269,28 +271,31 @@ def _superset(s: StackSettings, *args: str) -> subprocess.CompletedProcess:
 
 
 def init_superset(s: StackSettings) -> bool:
-    """Migrate Superset's metadata database, create (or reset) its admin, sync its roles.
+    """Migrate Superset's metadata database, sync its roles, create (or reset) its admin.
 
     Runs when the lock file or the admin's login changed since the last time (a stamp in
     SUPERSET_HOME), about 2 minutes; return True if it ran.
     """
     import hashlib
 
+    from stack.services import superset_env, write_private
+
     lock = (s.repo / "stack" / "superset" / "requirements.lock").read_bytes()
     digest = hashlib.sha256(lock + f"\0{s.superset_admin_user}\0{s.superset_admin_password}".encode()).hexdigest()
     stamp = s.superset_home / ".initialised"
     if stamp.exists() and stamp.read_text() == digest:
         return False
-    log.info("initialising Superset: db upgrade, admin, roles (about 2 minutes the first time)")
+    log.info("initialising Superset: db upgrade, roles, admin (about 2 minutes the first time)")
     _superset(s, "db", "upgrade")
-    created = _superset(s, "fab", "create-admin", "--username", s.superset_admin_user, "--firstname", "IoT",
-                        "--lastname", "Admin", "--email", f"{s.superset_admin_user}@localhost",
-                        "--password", s.superset_admin_password)
-    if "already exists" in created.stdout + created.stderr:
-        _superset(s, "fab", "reset-password", "--username", s.superset_admin_user,
-                  "--password", s.superset_admin_password)
     _superset(s, "init")
-    stamp.write_text(digest)
+    # the admin's password through the environment, never on a command line
+    result = subprocess.run([str(s.superset_venv / "bin" / "python"), "-m", "dashboards.superset_admin"],
+                            env={**os.environ, **superset_env(s), "SUPERSET_ADMIN_USER": s.superset_admin_user,
+                                 "SUPERSET_ADMIN_PASSWORD": s.superset_admin_password},
+                            capture_output=True, text=True, cwd=s.repo)
+    if result.returncode != 0:
+        raise RuntimeError(f"creating Superset's admin failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    write_private(stamp, digest)
     return True
 
 

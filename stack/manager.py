@@ -322,10 +322,12 @@ def clean(s: StackSettings) -> list[Path]:
 
 
 def credentials(s: StackSettings) -> dict[str, str]:
-    """Return where to log in, for `make status` (values come from .env)."""
+    """Return where to log in, for `make status`: users, and the .env variable holding each
+    password, never a password itself (this output reaches terminals and CI logs)."""
+    env_file = s.repo / ".env"
     return {
         "Airflow UI": f"http://127.0.0.1:{s.airflow_port}  user {s.airflow_admin_user}, "
-                      f"password {s.airflow_admin_password}",
+                      f"password AIRFLOW_ADMIN_PASSWORD in {env_file}",
         "MinIO console": f"http://127.0.0.1:{s.minio_console_port}  user {s.minio_root_user}, "
                          "password MINIO_ROOT_PASSWORD in .env",
         "Pipeline S3 key": f"{s.s3_access_key} (secret S3_SECRET_KEY in .env; bucket {s.bucket} only)",
@@ -333,9 +335,9 @@ def credentials(s: StackSettings) -> dict[str, str]:
                   + ("unpaused by make up)" if "iot_stream" in s.unpause_dags
                      else "left paused: not in AIRFLOW_UNPAUSE_DAGS)"),
         "Dashboard": f"{superset_dashboard_url(s)}  user {s.superset_admin_user}, "
-                     f"password {s.superset_admin_password} (Superset)",
+                     "password SUPERSET_ADMIN_PASSWORD in .env (Superset)",
         "PostgreSQL": f"psql -h {s.pg_host} -p {s.pg_port} -U {s.pg_writer} {s.pg_db} "
                       "(PIPELINE_DB_PASSWORD in .env); BI role "
                       f"{s.pg_bi} (BI_DB_PASSWORD)",
+        "Show a password": "grep '^AIRFLOW_ADMIN_PASSWORD=' .env   (the file is private to you, mode 600)",
     }
-
