@@ -103,8 +103,8 @@ def test_supervisord_programs_do_not_autostart_and_bind_loopback(settings):
     assert settings.superset_secret_key not in conf
     assert "--bind 127.0.0.1:8088" in conf
     # Airflow's log servers would bind 0.0.0.0 and [::] (8793, 8794): off, nothing reads them
-    commands = {line.split("]")[0][9:]: next_line for line, next_line in zip(conf.splitlines(), conf.splitlines()[1:], strict=False)
-                if line.startswith("[program:")}
+    lines = conf.splitlines()
+    commands = {line.split("]")[0][9:]: lines[i + 1] for i, line in enumerate(lines) if line.startswith("[program:")}
     assert commands["airflow-scheduler"].endswith("airflow scheduler --skip-serve-logs")
     assert commands["airflow-triggerer"].endswith("airflow triggerer --skip-serve-logs")
 
