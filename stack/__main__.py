@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from common.env import MissingSetting
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("clean", help="stop, then delete all local data (STACK_HOME); download caches stay")
     sub.add_parser("sql", help="apply sql/*.sql again (idempotent)")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # everything the stack writes is private to its user (stackctl sets it too)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # While the broker starts, kafka-python logs every refused connection as an error; the
     # readiness probe reports what matters itself.

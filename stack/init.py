@@ -32,6 +32,9 @@ def init_postgres_cluster(s: StackSettings, bindir: Path) -> bool:
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
         shutil.chown(data.parent, "postgres", "postgres")
+        if not data.is_relative_to(s.home):
+            # /var/lib/iot-lakehouse, made under umask 077: `postgres` may pass through it
+            data.parent.parent.chmod(0o711)
     data.chmod(0o700)
     with tempfile.NamedTemporaryFile("w", delete=False, dir=data.parent, prefix="pw") as fh:
         fh.write(s.pg_superuser_password + "\n")
@@ -95,9 +98,25 @@ def init_postgres(s: StackSettings) -> list[str]:
             _ensure_role(cur, s.airflow_db_user, s.airflow_db_password)
             _ensure_database(cur, s.pg_db, s.pg_writer)
             _ensure_database(cur, s.airflow_db, s.airflow_db_user)
+            _restrict_databases(cur, s)
     finally:
         conn.close()
     return apply_sql(s)
+
+
+def _restrict_databases(cur, s: StackSettings) -> None:
+    """No database is open to PUBLIC: each role connects only where it works. The BI role may
+    connect to the pipeline's database and create nothing there, not even a temporary table,
+    so its read-only mode rests on privileges, not on a default it could switch off. The
+    writer keeps TEMP (the stream's staging table); owners keep their own rights."""
+    from psycopg2 import sql
+
+    for db in (s.pg_db, s.airflow_db, "postgres"):
+        cur.execute(sql.SQL("revoke connect, temporary on database {} from public").format(sql.Identifier(db)))
+    cur.execute(sql.SQL("grant connect, temporary on database {} to {}").format(
+        sql.Identifier(s.pg_db), sql.Identifier(s.pg_writer)))
+    cur.execute(sql.SQL("grant connect on database {} to {}").format(sql.Identifier(s.pg_db),
+                                                                      sql.Identifier(s.pg_bi)))
 
 
 PIPELINE_TABLES_SQL = ("002_pipeline_tables.sql", "003_batch_tables.sql")

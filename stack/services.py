@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shlex
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,32 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     path.chmod(0o600)
+
+
+def make_private_tree(root: Path, traversable: tuple[Path, ...] = ()) -> int:
+    """Take group and other permissions off everything under `root` (folders 0700, files keep
+    only their owner's bits; the folders in `traversable` 0711: others may pass through, not
+    list); return how many entries were changed. A stack made before its files were private
+    is fixed by the next `make up`."""
+    changed = 0
+    if not root.exists():
+        return changed
+    for folder, dirs, files in os.walk(root):
+        for path in [Path(folder), *(Path(folder) / d for d in dirs), *(Path(folder) / f for f in files)]:
+            try:
+                st = path.lstat()
+            except FileNotFoundError:  # a service removed it meanwhile
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                wanted = 0o711 if path in traversable else 0o700
+            else:
+                wanted = stat.S_IMODE(st.st_mode) & 0o700
+            if stat.S_IMODE(st.st_mode) != wanted:
+                path.chmod(wanted)
+                changed += 1
+    return changed
 
 
 # ---- Kafka ---------------------------------------------------------------------------------
@@ -186,6 +213,9 @@ def airflow_env(s: StackSettings) -> dict[str, str]:
         "AIRFLOW__API__SECRET_KEY": s.airflow_api_secret_key,
         "AIRFLOW__API_AUTH__JWT_SECRET": s.airflow_jwt_secret,
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        # task logs private to the stack's user (Airflow's defaults are 0o664 and 0o775)
+        "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS": "0o600",
+        "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FOLDER_PERMISSIONS": "0o700",
         # Connections come from the environment, never from code or the metadata DB.
         "AIRFLOW_CONN_SPARK_LAKEHOUSE": json.dumps({"conn_type": "spark", "host": s.spark_master}),
         # Batch jobs (hourly aggregates) on their own master: one core locally, so a batch run
@@ -242,7 +272,11 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
     """Write every generated config of the stack under STACK_HOME/run (mode 600)."""
     for d in (s.run_dir, s.log_dir, s.home / "kafka" / "data", s.home / "minio" / "data",
               s.airflow_home, s.spark_conf_dir, s.superset_home):
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # As root, PostgreSQL runs as `postgres`: a cluster made inside the home before it was
+    # private (stack/settings.py, pg_data) keeps a way through to its data directory.
+    legacy_pg = os.geteuid() == 0 and s.pg_data.is_relative_to(s.home)
+    make_private_tree(s.home, traversable=(s.home, s.home / "postgres") if legacy_pg else ())
     write_private(s.run_dir / "kafka-server.properties", kafka_properties(s))
     write_private(s.run_dir / "kafka-log4j2.properties", KAFKA_LOG4J2)
     write_private(s.run_dir / "minio.env", _quote_env({
@@ -337,6 +371,7 @@ def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
         "logfile_maxbytes=10MB",
         "logfile_backups=2",
         f"directory={s.repo}",
+        "umask=077",
         *(["user=root"] if as_root else []),
         "",
         "[rpcinterface:supervisor]",
@@ -352,6 +387,7 @@ def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
             *(f"{k}={v}" for k, v in opts.items()),
             "autostart=false",
             "autorestart=true",
+            "umask=077",  # every file a service writes is private to the stack's user
             "startsecs=3",
             # generous: a dependency's outage (e.g. PostgreSQL for Airflow) must not leave a
             # program FATAL; backoff grows 1 s per retry, so 10 retries span about a minute

@@ -255,12 +255,15 @@ class StackSettings:
         """Return PostgreSQL's data directory.
 
         PostgreSQL refuses to run as root, so as root it runs as the `postgres` user, which
-        may not be able to enter a clone under /root: then its data lives under /var/lib.
+        cannot enter the stack's home (private to root, 0700): then its data lives under
+        /var/lib. A cluster made inside a world-traversable home before the home was private
+        stays where it is.
         """
-        if os.geteuid() == 0 and not _world_traversable(self.home):
+        inside = self.home / "postgres" / "data"
+        if os.geteuid() == 0 and not (inside / "PG_VERSION").exists():
             digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
             return Path("/var/lib/iot-lakehouse") / digest / "postgres"
-        return self.home / "postgres" / "data"
+        return inside
 
     @property
     def supervisor_socket(self) -> Path:
@@ -270,14 +273,6 @@ class StackSettings:
             return sock
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
         return Path("/tmp") / f"iot-lakehouse-{digest}.sock"
-
-
-def _world_traversable(path: Path) -> bool:
-    """Return whether every existing ancestor of `path` can be entered by other users."""
-    for part in [path, *path.parents]:
-        if part.exists() and not (part.stat().st_mode & 0o001):
-            return False
-    return True
 
 
 def load_settings(env: Env | None = None) -> StackSettings:

@@ -20,6 +20,14 @@ create role :"metabase" login password :'metabase_pw';
 create database :"pipeline_db" owner :"writer";
 create database :"airflow_db" owner :"airflow";
 create database :"metabase_db" owner :"metabase";
+-- No database is open to PUBLIC: the BI role connects to the pipeline's only, and creates
+-- nothing there, not even a temporary table (stack/init.py does the same locally).
+revoke connect, temporary on database :"pipeline_db" from public;
+revoke connect, temporary on database :"airflow_db" from public;
+revoke connect, temporary on database :"metabase_db" from public;
+revoke connect, temporary on database postgres from public;
+grant connect, temporary on database :"pipeline_db" to :"writer";
+grant connect on database :"pipeline_db" to :"bi";
 SQL
 for file in /iot/sql/[0-9][0-9][0-9]_*.sql; do
   echo "initdb: applying $(basename "$file")"

@@ -5,6 +5,7 @@ Every test works on names of its own (topic, bucket prefix, table) and removes t
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -118,6 +119,23 @@ def test_object_store_pipeline_key_is_denied_outside_its_bucket(stack, unique_na
         root.delete_bucket(Bucket=other)
 
 
+def test_object_store_pipeline_key_cannot_mint_keys_for_itself(stack, tmp_path):
+    """MinIO lets a user create service accounts (access keys) for itself unless a policy
+    denies admin:CreateServiceAccount: a leaked pipeline key could otherwise outlive its rotation."""
+    env = {**os.environ, "MC_CONFIG_DIR": str(tmp_path / "mc"),
+           "MC_HOST_pipeline": f"http://{stack.s3_access_key}:{stack.s3_secret_key}@127.0.0.1:{stack.minio_port}"}
+    result = subprocess.run([str(stack.gobin / "mc"), "--json", "admin", "user", "svcacct", "add", "pipeline",
+                             stack.s3_access_key], env=env, capture_output=True, text=True, timeout=60)
+    if result.returncode == 0:  # the test fails; the key it minted must not outlive it
+        env["MC_HOST_root"] = (f"http://{stack.minio_root_user}:{stack.minio_root_password}"
+                               f"@127.0.0.1:{stack.minio_port}")
+        minted = json.loads(result.stdout.splitlines()[-1])["accessKey"]
+        subprocess.run([str(stack.gobin / "mc"), "admin", "user", "svcacct", "rm", "root", minted], env=env,
+                       capture_output=True, timeout=60, check=True)
+    assert result.returncode != 0, "the pipeline key minted an access key for itself"
+    assert "Access Denied" in result.stdout + result.stderr
+
+
 # ---- PostgreSQL ------------------------------------------------------------------------------
 
 def _pg(stack, user, password):
@@ -178,6 +196,28 @@ def test_postgres_bi_role_cannot_read_the_pipeline_schema(stack):
                 cur.execute("select * from pg_catalog.pg_class, iot.none_such")
     finally:
         bi.close()
+
+
+def test_postgres_bi_role_is_read_only_by_privileges_and_confined_to_its_database(stack):
+    """Switching the read-only default off (set transaction read write) must not open a write:
+    no TEMP, no CREATE anywhere; and no database but the pipeline's lets it in."""
+    bi = _pg(stack, stack.pg_bi, stack.pg_bi_password)
+    try:
+        bi.autocommit = False
+        for statement in ("create temporary table mine (id int)", "create table public.mine (id int)",
+                          "create schema mine", "create table marts.mine (id int)",
+                          "create view marts.mine as select 1"):
+            with bi.cursor() as cur:
+                cur.execute("set transaction read write")
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cur.execute(statement)
+            bi.rollback()
+    finally:
+        bi.close()
+    for database in (stack.airflow_db, "postgres"):
+        with pytest.raises(psycopg2.OperationalError, match=f'permission denied for database "{database}"'):
+            psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=database, user=stack.pg_bi,
+                             password=stack.pg_bi_password, connect_timeout=5)
 
 
 # ---- Spark -----------------------------------------------------------------------------------
@@ -268,11 +308,13 @@ def test_every_listener_of_the_stack_is_on_loopback(stack):
         try:
             for conn in proc.net_connections(kind="inet"):
                 if conn.status == psutil.CONN_LISTEN:
-                    listeners[(conn.laddr.ip, conn.laddr.port)] = " ".join(proc.cmdline()[:3])
+                    ip = ipaddress.ip_address(conn.laddr.ip)
+                    ip = getattr(ip, "ipv4_mapped", None) or ip  # a JVM's ::ffff:127.0.0.1
+                    listeners[(str(ip), conn.laddr.port)] = " ".join(proc.cmdline()[:3])
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
     assert {(stack.pg_host, stack.pg_port), ("127.0.0.1", stack.kafka_port),
             ("127.0.0.1", stack.airflow_port)} <= set(listeners)
-    exposed = {addr: cmd for addr, cmd in listeners.items() if addr[0] not in {"127.0.0.1", "::1"}}
+    exposed = {addr: cmd for addr, cmd in listeners.items() if not ipaddress.ip_address(addr[0]).is_loopback}
     assert exposed == {}
     assert not {port for _, port in listeners} & {8793, 8794}  # Airflow's log servers are off
