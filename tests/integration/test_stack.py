@@ -8,9 +8,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import stat
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import boto3
 import psycopg2
@@ -318,3 +320,25 @@ def test_every_listener_of_the_stack_is_on_loopback(stack):
     exposed = {addr: cmd for addr, cmd in listeners.items() if not ipaddress.ip_address(addr[0]).is_loopback}
     assert exposed == {}
     assert not {port for _, port in listeners} & {8793, 8794}  # Airflow's log servers are off
+
+
+def test_everything_under_the_stack_home_is_private_to_its_user(stack):
+    """Files 0600 (or 0700), folders 0700: MinIO's data (it holds the pipeline key's secret),
+    Superset's database and stamp, configs, logs, Airflow's task logs. The one exception is a
+    PostgreSQL cluster made inside the home before it was private: the folders on its way are
+    0711 (pass through, not list), as PostgreSQL runs as `postgres` when the stack runs as root."""
+    passable = {stack.home, stack.home / "postgres"} if stack.pg_data.is_relative_to(stack.home) else set()
+    exposed = {}
+    for folder, dirs, files in os.walk(stack.home):
+        for path in [Path(folder), *(Path(folder) / n for n in dirs + files)]:
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode) or not mode & 0o077 or (path in passable and mode == 0o711):
+                continue
+            exposed[str(path.relative_to(stack.home))] = oct(mode)
+    assert exposed == {}
+    assert (stack.superset_home / "superset.db").is_file()
+    assert any((stack.home / "minio" / "data").rglob("*"))
