@@ -132,7 +132,7 @@ class WriterLock:
         """Return who holds the advisory lock `key`, as PostgreSQL sees it."""
         cur.execute("select hashtextextended(%s, 0)", (key,))
         value = cur.fetchone()[0] & 0xFFFF_FFFF_FFFF_FFFF
-        cur.execute("select a.pid, a.application_name, a.client_addr::text, a.backend_start "
+        cur.execute("select a.pid, a.application_name, host(a.client_addr), a.backend_start "
                     "from pg_locks l join pg_stat_activity a on a.pid = l.pid "
                     "where l.locktype = 'advisory' and l.granted and l.objsubid = 1 "
                     "and l.classid::text = %s and l.objid::text = %s",

@@ -19,6 +19,7 @@ from stack.services import (
     DASHBOARD_PROGRAMS,
     INFRA_PROGRAMS,
     PIPELINE_PROGRAMS,
+    make_home_private,
     render_all,
     services,
     superset_dashboard_url,
@@ -220,6 +221,10 @@ def up(s: StackSettings) -> dict[str, float]:
     _probe(sup, "superset", lambda: http_ok(f"http://127.0.0.1:{s.superset_port}/health"), 120)
     log.info("%s", init.provision_superset(s))
     timings["superset"] = time.monotonic() - t5
+    # again, now that every program runs with umask 077: programs of an older stack wrote
+    # files until `make up` restarted them
+    if changed := make_home_private(s):
+        log.info("made %d files and folders written before the restarts private", changed)
     timings["total"] = time.monotonic() - t0
     return timings
 

@@ -93,6 +93,14 @@ def make_private_tree(root: Path, traversable: tuple[Path, ...] = ()) -> int:
     return changed
 
 
+def make_home_private(s: StackSettings) -> int:
+    """make_private_tree of the stack's home; return how many entries were changed. As root,
+    PostgreSQL runs as `postgres`: a cluster made inside the home before it was private
+    (StackSettings.pg_data) keeps a way through to its data directory."""
+    legacy_pg = os.geteuid() == 0 and s.pg_data.is_relative_to(s.home)
+    return make_private_tree(s.home, traversable=(s.home, s.home / "postgres") if legacy_pg else ())
+
+
 # ---- Kafka ---------------------------------------------------------------------------------
 
 def kafka_properties(s: StackSettings) -> str:
@@ -273,10 +281,7 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
     for d in (s.run_dir, s.log_dir, s.home / "kafka" / "data", s.home / "minio" / "data",
               s.airflow_home, s.spark_conf_dir, s.superset_home):
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # As root, PostgreSQL runs as `postgres`: a cluster made inside the home before it was
-    # private (stack/settings.py, pg_data) keeps a way through to its data directory.
-    legacy_pg = os.geteuid() == 0 and s.pg_data.is_relative_to(s.home)
-    make_private_tree(s.home, traversable=(s.home, s.home / "postgres") if legacy_pg else ())
+    make_home_private(s)
     write_private(s.run_dir / "kafka-server.properties", kafka_properties(s))
     write_private(s.run_dir / "kafka-log4j2.properties", KAFKA_LOG4J2)
     write_private(s.run_dir / "minio.env", _quote_env({
@@ -317,6 +322,7 @@ def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
                 "-c", "listen_addresses=127.0.0.1", "-c", f"port={s.pg_port}",
                 "-c", f"unix_socket_directories={s.pg_data}", "-c", "max_connections=200",
                 "-c", "shared_buffers=128MB", "-c", "timezone=UTC", "-c", "log_timezone=UTC",
+                "-c", "unix_socket_permissions=0700",
             ]),
             "stopsignal": "INT",  # "fast" shutdown: aborts transactions, consistent on disk
             **({"user": "postgres"} if as_root else {}),

@@ -67,10 +67,11 @@ def test_the_stream_takes_the_lock_of_each_table_it_writes(stack, tmp_path):
                                     env={**os.environ, "STREAM_LOCK_TIMEOUT_SECONDS": "2"})
         finally:
             holder.release()
-        assert result.returncode == 1, result.stderr[-3000:]
+        output = result.stdout + result.stderr  # spark-submit hands the driver's stderr to stdout
+        assert result.returncode == 1, output[-3000:]
         assert (f"the quarantine table s3a://{stack.bucket}/{p.prefix}/quarantine is still held by another writer "
-                "(PostgreSQL backend") in result.stderr
-        assert "application test-holder" in result.stderr
+                "(PostgreSQL backend") in output
+        assert "application test-holder" in output
         assert p.bronze_commits() == 0
         assert p.health_batches() == 0
     finally:
