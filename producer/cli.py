@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -34,8 +35,19 @@ from producer.stream import VALID, EventStream
 log = logging.getLogger("producer")
 
 
+# Upper bounds that no real run reaches: beyond them a value is a typo, and some (a fleet of a
+# billion sensors) would exhaust memory before anything is sent.
+MAX_RATE = 1_000_000  # events/s
+MAX_DURATION = 366 * 86_400  # seconds
+MAX_COUNT = 10_000_000_000
+MAX_SENSORS = 100_000
+SEED_RANGE = (-(2**63), 2**63 - 1)
+START_TIME_RANGE = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+
+
 def _bounded(name: str, kind: type, low: float, high: float | None = None):
-    """Return an argparse type parsing `kind` (int or float) within [low, high], naming the option."""
+    """Return an argparse type parsing `kind` (int or float) within [low, high], naming the
+    option; nan and infinities are refused."""
     word = "a whole number" if kind is int else "a number"
 
     def parse(raw: str):
@@ -43,6 +55,8 @@ def _bounded(name: str, kind: type, low: float, high: float | None = None):
             value = kind(raw)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be {word}, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {raw!r}")
         if value < low or (high is not None and value > high):
             bounds = f">= {low:g}" if high is None else f"within [{low:g}, {high:g}]"
             raise argparse.ArgumentTypeError(f"{name} must be {bounds}, got {raw!r}")
@@ -50,16 +64,16 @@ def _bounded(name: str, kind: type, low: float, high: float | None = None):
     return parse
 
 
-def _non_negative_float(name: str):
-    return _bounded(name, float, 0)
+def _non_negative_float(name: str, high: float | None = None):
+    return _bounded(name, float, 0, high)
 
 
 def _fraction(name: str):
     return _bounded(name, float, 0, 1)
 
 
-def _positive_int(name: str):
-    return _bounded(name, int, 1)
+def _positive_int(name: str, high: int | None = None):
+    return _bounded(name, int, 1, high)
 
 
 def _categories(raw: str) -> tuple[str, ...]:
@@ -79,6 +93,9 @@ def _start_time(raw: str) -> float:
             f"--start-time must be ISO-8601 like 2026-11-20T00:00:00Z, got {raw!r}") from None
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError(f"--start-time needs a UTC offset (e.g. Z), got {raw!r}")
+    low, high = START_TIME_RANGE
+    if not low <= parsed < high:
+        raise argparse.ArgumentTypeError(f"--start-time must be from {low.year} to before {high.year}, got {raw!r}")
     return parsed.astimezone(UTC).timestamp()
 
 
@@ -92,24 +109,25 @@ def build_parser(env: Env) -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
     )
     g = p.add_argument_group("how much")
-    g.add_argument("--rate", type=_non_negative_float("--rate"),
-                   default=env.get_float("PRODUCER_RATE", 100.0),
+    # defaults from the environment are strings, so argparse checks them with the same type
+    g.add_argument("--rate", type=_non_negative_float("--rate", MAX_RATE),
+                   default=env.get("PRODUCER_RATE", "100"),
                    help="events per second, evenly paced; 0 = as fast as possible "
                         "(default: PRODUCER_RATE or 100)")
     stop = g.add_mutually_exclusive_group()
-    stop.add_argument("--count", type=_positive_int("--count"),
+    stop.add_argument("--count", type=_positive_int("--count", MAX_COUNT),
                       help="stop after this many events (valid + bad); shows a progress bar")
-    stop.add_argument("--duration", type=_non_negative_float("--duration"),
+    stop.add_argument("--duration", type=_non_negative_float("--duration", MAX_DURATION),
                       help="stop after this many seconds; shows a progress bar")
     g.add_argument("--start-time", type=_start_time, metavar="ISO8601",
                    help="simulate history: event_time = START + i/rate (needs --rate > 0), "
                         "sent as fast as possible instead of paced")
 
     g = p.add_argument_group("the fleet")
-    g.add_argument("--sensors", type=_positive_int("--sensors"),
-                   default=env.get_int("PRODUCER_SENSORS", 50),
+    g.add_argument("--sensors", type=_positive_int("--sensors", MAX_SENSORS),
+                   default=env.get("PRODUCER_SENSORS", "50"),
                    help="fleet size; sensors are spread over the 8 cities (default: PRODUCER_SENSORS or 50)")
-    g.add_argument("--seed", type=int, default=None,
+    g.add_argument("--seed", type=_bounded("--seed", int, *SEED_RANGE), default=None,
                    help="seed of every random choice: the same seed gives the same events "
                         "(default: random)")
     g.add_argument("--fleet-id", default=None,
@@ -128,7 +146,7 @@ def build_parser(env: Env) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("bad events (to exercise the pipeline)")
     g.add_argument("--bad-rate", type=_fraction("--bad-rate"),
-                   default=env.get_float("PRODUCER_BAD_RATE", 0.0),
+                   default=env.get("PRODUCER_BAD_RATE", "0"),
                    help="fraction of events replaced by a bad one (default: PRODUCER_BAD_RATE or 0)")
     g.add_argument("--bad-categories", type=_categories, default=BAD_CATEGORIES, metavar="LIST",
                    help="comma-separated categories to draw from (default: all): "
@@ -139,19 +157,19 @@ def build_parser(env: Env) -> argparse.ArgumentParser:
                    help="topic (default: KAFKA_TOPIC or iot.sensor-readings)")
     g.add_argument("--bootstrap-servers", default=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
                    help="host:port[,...] (default: KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)")
-    g.add_argument("--linger-ms", type=int, default=100,
+    g.add_argument("--linger-ms", type=_bounded("--linger-ms", int, 0, 60_000), default=100,
                    help="producer linger.ms (default 100: fuller batches, at most 0.1 s added latency)")
-    g.add_argument("--batch-size", type=int, default=1024 * 1024,
+    g.add_argument("--batch-size", type=_bounded("--batch-size", int, 1, 64 * 1024 * 1024), default=1024 * 1024,
                    help="producer batch.size in bytes (default 1 MiB)")
     g.add_argument("--compression", choices=("zstd", "lz4", "gzip", "none"), default="zstd",
                    help="compression codec (default zstd: the fastest here, see the benchmark)")
-    g.add_argument("--flush-timeout", type=_non_negative_float("--flush-timeout"), default=60.0,
+    g.add_argument("--flush-timeout", type=_non_negative_float("--flush-timeout", 3600), default=60.0,
                    help="seconds to wait for queued records at exit (default 60)")
     g.add_argument("--dry-run", action="store_true",
                    help="write events to stdout, one per line, instead of Kafka")
 
     g = p.add_argument_group("output")
-    g.add_argument("--stats-interval", type=_non_negative_float("--stats-interval"), default=10.0,
+    g.add_argument("--stats-interval", type=_non_negative_float("--stats-interval", 86_400), default=10.0,
                    help="seconds between one-line stats logs of unbounded runs (default 10)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar for bounded runs")
     g.add_argument("--heartbeat-file", type=Path, metavar="PATH",

@@ -337,3 +337,45 @@ def test_heartbeat_file_is_touched_only_when_kafka_acknowledged_records(tmp_path
     summary = run(args, _StopAfter(stopper, 2000, acks), EventStream(Fleet(5, 1, "hb")), stopper)
     assert summary["sent"] == 2000
     assert heartbeat.exists() is touched
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--rate", "nan"], "--rate must be a finite number, got 'nan'"),
+    (["--rate", "inf"], "--rate must be a finite number, got 'inf'"),
+    (["--rate", "-1"], "--rate must be within [0, 1e+06], got '-1'"),
+    (["--rate", "1e12"], "--rate must be within [0, 1e+06]"),
+    (["--duration", "nan"], "--duration must be a finite number"),
+    (["--duration=-inf"], "--duration must be a finite number"),
+    (["--duration", "1e30"], "--duration must be within [0, 3.16224e+07]"),
+    (["--count", "0"], "--count must be within [1, 1e+10], got '0'"),
+    (["--count", "99999999999999999999"], "--count must be within [1, 1e+10]"),
+    (["--count", "1.5"], "--count must be a whole number, got '1.5'"),
+    (["--sensors", "1000000000"], "--sensors must be within [1, 100000]"),
+    (["--sensors", "nan"], "--sensors must be a whole number, got 'nan'"),
+    (["--seed", "1e3"], "--seed must be a whole number"),
+    (["--seed", str(2**64)], "--seed must be within"),
+    (["--start-time", "nan"], "--start-time must be ISO-8601"),
+    (["--start-time", "9999-12-31T00:00:00Z"], "--start-time must be from 1970 to before 2100"),
+    (["--start-time", "0001-01-01T00:00:00+00:00"], "--start-time must be from 1970 to before 2100"),
+    (["--bad-rate", "nan"], "--bad-rate must be a finite number"),
+    (["--spike-rate", "inf"], "--spike-rate must be a finite number"),
+    (["--linger-ms", "-5"], "--linger-ms must be within [0, 60000]"),
+])
+def test_absurd_producer_options_exit_2_naming_the_option(argv, message, capsys):
+    from producer.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--dry-run", *argv])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_absurd_producer_defaults_from_the_environment_are_refused_too(monkeypatch, capsys, tmp_path):
+    from producer.cli import main
+
+    monkeypatch.setenv("IOT_ENV_FILE", str(tmp_path / "none.env"))
+    monkeypatch.setenv("PRODUCER_RATE", "nan")
+    with pytest.raises(SystemExit) as exited:
+        main(["--dry-run", "--count", "1"])
+    assert exited.value.code == 2
+    assert "--rate must be a finite number, got 'nan'" in capsys.readouterr().err
