@@ -49,13 +49,44 @@ def raw_spec() -> dict:
 
 @pytest.mark.parametrize(("change", "message"), [
     (lambda r: r["cards"][1]["position"].update(col=3), "card 'mean_humidity': overlaps card 'mean_temperature'"),
-    (lambda r: r["cards"][0]["position"].update(col=20), "outside the 24-column grid"),
+    (lambda r: r["cards"][0]["position"].update(col=20), "outside the 24-column, 200-row grid"),
     (lambda r: r["cards"][0]["visualization"].update(type="pie"), "visualization type must be one of"),
     (lambda r: r["cards"][5]["visualization"].pop("series"),
      "'temperature_per_minute' visualization: missing field 'series'"),
     (lambda r: r["cards"][0].update(mart="city_board"), "the query must read its mart marts.city_board"),
     (lambda r: r["cards"][1].update(key="mean_temperature"), "card 'mean_temperature': duplicate key"),
     (lambda r: r.update(refresh_seconds=0), "refresh_seconds must be positive"),
+    # wrong types
+    (lambda r: r.update(refresh_seconds="60"), "spec: field 'refresh_seconds' must be int, got '60'"),
+    (lambda r: r.update(refresh_seconds=True), "spec: field 'refresh_seconds' must be int, got True"),
+    (lambda r: r["cards"][0]["position"].update(width=6.5), "card 'mean_temperature' position: field 'width' must "
+                                                            "be int, got 6.5"),
+    (lambda r: r["cards"][4]["visualization"].update(columns=["city", 7]),
+     "card 'city_board' visualization: field 'columns[1]' must be str, got 7"),
+    (lambda r: r["cards"][4]["visualization"].update(columns="city"),
+     "card 'city_board' visualization: field 'columns' must be list, got 'city'"),
+    (lambda r: r["cards"][0].update(title=["a"]), "card 'mean_temperature': field 'title' must be str"),
+    (lambda r: r["cards"][0].update(mart="current kpis; drop"), "card 'mean_temperature': field 'mart' must be a "
+                                                                "snake_case name"),
+    (lambda r: r.update(description=3), "spec: field 'description' must be str, got 3"),
+    (lambda r: r["cards"][0]["visualization"].update(value=None), "card 'mean_temperature' visualization: field "
+                                                                  "'value' must be str, got None"),
+    # absurd sizes
+    (lambda r: r["cards"][0]["position"].update(height=10**9), "card 'mean_temperature' position: "
+                                                               "Position(row=0, col=0, width=6, height=1000000000) "
+                                                               "is outside the 24-column, 200-row grid"),
+    (lambda r: r["cards"][0]["position"].update(row=-1), "card 'mean_temperature' position: Position(row=-1"),
+    (lambda r: r.update(refresh_seconds=10**12), "refresh_seconds must be positive and at most 86400"),
+    (lambda r: r["cards"][0].update(title="x" * 501), "card 'mean_temperature': field 'title' must be 1 to 500 "
+                                                      "characters, got 501"),
+    (lambda r: r["cards"][0].update(title="  "), "field 'title' must be 1 to 500 characters, got 0"),
+    (lambda r: r["cards"][4]["visualization"].update(columns=[]), "field 'columns' must list 1 to 50 columns, "
+                                                                  "got 0"),
+    (lambda r: r.update(cards=r["cards"] * 13), "spec: at most 100 cards, got 104"),
+    # misspelt fields
+    (lambda r: r["cards"][0].update(positon={}), "card 'mean_temperature': unknown field(s) 'positon'"),
+    (lambda r: r["cards"][0]["visualization"].update(colour="red"),
+     "card 'mean_temperature' visualization: unknown field(s) 'colour'"),
 ])
 def test_a_malformed_spec_is_refused_naming_the_card_and_field(change, message):
     raw = raw_spec()
