@@ -7,6 +7,7 @@ missing secret is an error that names the variable.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from collections.abc import Mapping
@@ -26,9 +27,14 @@ class MissingSetting(RuntimeError):
         super().__init__(message)
 
 
-def parse_env_file(path: Path) -> dict[str, str]:
-    """Return the KEY=value pairs of a dotenv file (comments and blank lines skipped)."""
-    values: dict[str, str] = {}
+class ConfigError(ValueError):
+    """A configuration value is malformed; the message names the variable and where it is set."""
+
+
+def env_file_entries(path: Path) -> dict[str, tuple[str, int]]:
+    """Return {KEY: (value, line number)} of a dotenv file (comments and blank lines skipped);
+    raise ConfigError naming the file and line of a malformed one."""
+    entries: dict[str, tuple[str, int]] = {}
     for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -36,29 +42,58 @@ def parse_env_file(path: Path) -> dict[str, str]:
         if line.startswith("export "):
             line = line[len("export ") :]
         key, sep, value = line.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ValueError(f"{path}:{lineno}: expected KEY=value, got {raw!r}")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"{path}:{lineno}: expected KEY=value, got {raw!r}")
         value = value.strip()
         if value[:1] in {"'", '"'}:
-            parts = shlex.split(value)
+            try:
+                parts = shlex.split(value)
+            except ValueError as exc:  # "No closing quotation"
+                raise ConfigError(f"{path}:{lineno}: {key}: {str(exc).lower()} (an unterminated quote?)") from None
             value = parts[0] if parts else ""
-        values[key.strip()] = value
-    return values
+        entries[key] = (value, lineno)
+    return entries
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    """Return the KEY=value pairs of a dotenv file (comments and blank lines skipped)."""
+    return {key: value for key, (value, _) in env_file_entries(path).items()}
 
 
 def load_environment(env_file: Path | None = None) -> dict[str, str]:
     """Return `.env` overlaid with the process environment (the environment wins)."""
+    return _load(env_file)[0]
+
+
+def _load(env_file: Path | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """Return (values, where each is set) of `.env` overlaid with the process environment."""
     path = env_file or Path(os.environ.get("IOT_ENV_FILE", REPO_ROOT / ".env"))
-    merged: dict[str, str] = parse_env_file(path) if path.is_file() else {}
-    merged.update(os.environ)
-    return merged
+    entries = env_file_entries(path) if path.is_file() else {}
+    merged = {key: value for key, (value, _) in entries.items()}
+    origins = {key: f"{path}:{lineno}" for key, (_, lineno) in entries.items()}
+    for key, value in os.environ.items():
+        if merged.get(key) != value:
+            origins[key] = "the environment"
+        merged[key] = value
+    return merged, origins
 
 
 class Env:
     """Typed accessors over a mapping of configuration variables."""
 
-    def __init__(self, values: Mapping[str, str] | None = None) -> None:
-        self._values = dict(values) if values is not None else load_environment()
+    def __init__(self, values: Mapping[str, str] | None = None, origins: Mapping[str, str] | None = None) -> None:
+        if values is None:
+            values, origins = _load()
+        self._values = dict(values)
+        self._origins = dict(origins or {})
+
+    def where(self, name: str) -> str:
+        """Return where `name` is set, for error messages (".env:12", "the environment")."""
+        return self._origins.get(name, "the environment")
+
+    def _bad(self, name: str, what: str, raw: str) -> ConfigError:
+        return ConfigError(f"{name} must be {what}, got {raw!r} (set in {self.where(name)})")
 
     def get(self, name: str, default: str) -> str:
         """Return the variable, or `default` when it is unset or empty."""
@@ -78,15 +113,29 @@ class Env:
         try:
             return int(raw)
         except ValueError:
-            raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+            raise self._bad(name, "an integer", raw) from None
 
-    def get_float(self, name: str, default: float) -> float:
-        """Return the variable as a float; a non-number is an error naming it."""
+    def get_port(self, name: str, default: int) -> int:
+        """Return the variable as a TCP port (1-65535); anything else is an error naming it."""
         raw = self.get(name, str(default))
         try:
-            return float(raw)
+            port = int(raw)
         except ValueError:
-            raise ValueError(f"{name} must be a number, got {raw!r}") from None
+            raise self._bad(name, "a port number (1-65535)", raw) from None
+        if not 1 <= port <= 65535:
+            raise self._bad(name, "a port number (1-65535)", raw)
+        return port
+
+    def get_float(self, name: str, default: float) -> float:
+        """Return the variable as a finite float; anything else is an error naming it."""
+        raw = self.get(name, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self._bad(name, "a number", raw) from None
+        if not math.isfinite(value):
+            raise self._bad(name, "a finite number", raw)
+        return value
 
     def get_bool(self, name: str, default: bool) -> bool:
         """Return the variable as a bool (true/false/1/0/yes/no)."""
@@ -95,7 +144,7 @@ class Env:
             return True
         if raw in {"0", "false", "no", "off"}:
             return False
-        raise ValueError(f"{name} must be true or false, got {raw!r}")
+        raise self._bad(name, "true or false", raw)
 
     def as_dict(self) -> dict[str, str]:
         """Return a copy of every variable."""

@@ -20,7 +20,7 @@ class BiDatabase:
     @classmethod
     def from_env(cls, env: Env, hint: str) -> BiDatabase:
         """Read POSTGRES_HOST/PORT/DB and BI_DB_USER/PASSWORD; `hint` says how to get the password."""
-        return cls(host=env.get("POSTGRES_HOST", "127.0.0.1"), port=env.get_int("POSTGRES_PORT", 5432),
+        return cls(host=env.get("POSTGRES_HOST", "127.0.0.1"), port=env.get_port("POSTGRES_PORT", 5432),
                    dbname=env.get("POSTGRES_DB", "iot"), user=env.get("BI_DB_USER", "iot_bi"),
                    password=env.require("BI_DB_PASSWORD", hint))
 

@@ -36,7 +36,7 @@ def build_spark(app_name: str, env: Env | None = None, master: str | None = None
 def pg_connect_kwargs(env: Env) -> dict:
     """Return psycopg2 connect arguments for the pipeline's PostgreSQL writer role."""
     return {
-        "host": env.get("POSTGRES_HOST", "127.0.0.1"), "port": env.get_int("POSTGRES_PORT", 5432),
+        "host": env.get("POSTGRES_HOST", "127.0.0.1"), "port": env.get_port("POSTGRES_PORT", 5432),
         "dbname": env.get("POSTGRES_DB", "iot"), "user": env.get("PIPELINE_DB_USER", "iot_writer"),
         "password": env.require("PIPELINE_DB_PASSWORD"),
     }

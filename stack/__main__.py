@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from common.env import MissingSetting
+from common.env import ConfigError, MissingSetting
 from stack import install, manager
 from stack.probes import NotReady
 from stack.settings import SecretLost, ensure_env_file, load_settings
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             from stack.init import apply_sql
 
             print("applied", ", ".join(apply_sql(settings)))
-    except (install.MissingPrerequisite, MissingSetting, NotReady, SecretLost) as exc:
+    except (install.MissingPrerequisite, MissingSetting, NotReady, SecretLost, ConfigError) as exc:
         print(f"stackctl {args.command}: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -98,13 +98,15 @@ def record_secrets_in_use(home: Path, names: set[str]) -> None:
     write_env_atomically(home / SECRETS_IN_USE, "".join(f"{n}\n" for n in sorted(secrets_in_use(home) | names)))
 
 
-def ensure_env_file(env_file: Path = ENV_FILE, example: Path = ENV_EXAMPLE, home: Path | None = None) -> list[str]:
+def ensure_env_file(env_file: Path | None = None, example: Path = ENV_EXAMPLE, home: Path | None = None) -> list[str]:
     """Create `.env` from `.env.example` with random secrets, or add to an existing one the
-    generated secrets it lacks; return the names of the variables written.
+    generated secrets it lacks; return the names of the variables written. The file is
+    IOT_ENV_FILE when set, else the repository's .env.
 
     Refuses (SecretLost) to generate a secret the stack in `home` was initialised with: a new
     PostgreSQL or Superset secret would lock `make up` out of the existing data. The file is
     created and rewritten only through write_env_atomically (mode 600, renamed into place)."""
+    env_file = env_file or Path(os.environ.get("IOT_ENV_FILE", str(ENV_FILE)))
     written: list[str] = []
     if not env_file.exists():
         out = []
@@ -288,15 +290,15 @@ def load_settings(env: Env | None = None) -> StackSettings:
         cache_dir=cache_dir,
         home=home,
         venv=Path(os.environ.get("VIRTUAL_ENV", str(venv))),
-        kafka_port=env.get_int("KAFKA_PORT", 9092),
-        kafka_controller_port=env.get_int("KAFKA_CONTROLLER_PORT", 9093),
+        kafka_port=env.get_port("KAFKA_PORT", 9092),
+        kafka_controller_port=env.get_port("KAFKA_CONTROLLER_PORT", 9093),
         kafka_bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         kafka_topic=env.get("KAFKA_TOPIC", "iot.sensor-readings"),
         kafka_partitions=env.get_int("KAFKA_TOPIC_PARTITIONS", 6),
         kafka_retention_hours=env.get_int("KAFKA_TOPIC_RETENTION_HOURS", 168),
         kafka_heap_opts=env.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx768m"),
-        minio_port=env.get_int("MINIO_PORT", 9000),
-        minio_console_port=env.get_int("MINIO_CONSOLE_PORT", 9001),
+        minio_port=env.get_port("MINIO_PORT", 9000),
+        minio_console_port=env.get_port("MINIO_CONSOLE_PORT", 9001),
         minio_root_user=env.get("MINIO_ROOT_USER", "lakehouse-admin"),
         minio_root_password=env.require("MINIO_ROOT_PASSWORD", "run `make up` to generate it"),
         s3_endpoint=env.get("S3_ENDPOINT", "http://127.0.0.1:9000"),
@@ -305,7 +307,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         s3_access_key=env.get("S3_ACCESS_KEY", "lakehouse-pipeline"),
         s3_secret_key=env.require("S3_SECRET_KEY", "run `make up` to generate it"),
         pg_host=env.get("POSTGRES_HOST", "127.0.0.1"),
-        pg_port=env.get_int("POSTGRES_PORT", 5432),
+        pg_port=env.get_port("POSTGRES_PORT", 5432),
         pg_superuser=env.get("POSTGRES_SUPERUSER", "postgres"),
         pg_superuser_password=env.require("POSTGRES_SUPERUSER_PASSWORD", "run `make up` to generate it"),
         pg_db=env.get("POSTGRES_DB", "iot"),
@@ -316,7 +318,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         airflow_db=env.get("AIRFLOW_DB", "airflow"),
         airflow_db_user=env.get("AIRFLOW_DB_USER", "airflow"),
         airflow_db_password=env.require("AIRFLOW_DB_PASSWORD", "run `make up` to generate it"),
-        airflow_port=env.get_int("AIRFLOW_PORT", 8080),
+        airflow_port=env.get_port("AIRFLOW_PORT", 8080),
         airflow_parallelism=env.get_int("AIRFLOW_PARALLELISM", 4),
         airflow_admin_user=env.get("AIRFLOW_ADMIN_USER", "admin"),
         airflow_admin_password=env.require("AIRFLOW_ADMIN_PASSWORD", "run `make up` to generate it"),
@@ -329,7 +331,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         producer_rate=env.get_float("PRODUCER_RATE", 50.0),
         producer_sensors=env.get_int("PRODUCER_SENSORS", 50),
         producer_bad_rate=env.get_float("PRODUCER_BAD_RATE", 0.005),
-        superset_port=env.get_int("SUPERSET_PORT", 8088),
+        superset_port=env.get_port("SUPERSET_PORT", 8088),
         superset_admin_user=env.get("SUPERSET_ADMIN_USER", "admin"),
         superset_admin_password=env.require("SUPERSET_ADMIN_PASSWORD", "run `make up` to generate it"),
         superset_secret_key=env.require("SUPERSET_SECRET_KEY", "run `make up` to generate it"),

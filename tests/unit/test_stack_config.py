@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -214,3 +215,28 @@ def test_no_secret_is_put_on_a_command_line_during_make_up(settings, monkeypatch
     leaked = {(name, " ".join(c[:3])) for c in calls for name, value in secret_values(settings).items()
               if any(value in arg for arg in c)}
     assert leaked == set()
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("KAFKA_PORT=ninety", "KAFKA_PORT must be a port number (1-65535), got 'ninety' (set in {env}:{n})"),
+    ("POSTGRES_PORT=70000", "POSTGRES_PORT must be a port number (1-65535), got '70000' (set in {env}:{n})"),
+    ("AIRFLOW_PORT=0", "AIRFLOW_PORT must be a port number (1-65535), got '0' (set in {env}:{n})"),
+    ("SUPERSET_ADMIN_USER='admin", "{env}:{n}: SUPERSET_ADMIN_USER: no closing quotation (an unterminated quote?)"),
+    ("this line has no equals sign", "{env}:{n}: expected KEY=value, got 'this line has no equals sign'"),
+])
+def test_make_up_with_a_broken_env_file_exits_2_naming_the_variable_and_line(tmp_path, line, message):
+    """Nothing starts: the message says what to fix, where, and there is no traceback."""
+    import sys
+
+    env_file = tmp_path / ".env"
+    ensure_env_file(env_file, REPO / ".env.example", tmp_path / "home")
+    text = env_file.read_text() + "STACK_HOME=" + str(tmp_path / "home") + "\n"
+    n = len(text.splitlines()) + 1
+    env_file.write_text(text + line + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_PORT", "_USER")) and k != "STACK_HOME"}
+    result = subprocess.run([sys.executable, "-m", "stack", "up"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env={**env, "IOT_ENV_FILE": str(env_file)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == "stackctl up: " + message.format(env=env_file, n=n)
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "home" / "run").exists()  # nothing was rendered, let alone started
