@@ -15,6 +15,38 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Variables `make up` (and `make env`) fill with random values on first run.
+GENERATED_SECRETS = (
+    "MINIO_ROOT_PASSWORD",
+    "S3_SECRET_KEY",
+    "POSTGRES_SUPERUSER_PASSWORD",
+    "PIPELINE_DB_PASSWORD",
+    "BI_DB_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_API_SECRET_KEY",
+    "AIRFLOW_FERNET_KEY",
+    "METABASE_DB_PASSWORD",
+    "METABASE_ADMIN_PASSWORD",
+    "SUPERSET_ADMIN_PASSWORD",
+    "SUPERSET_SECRET_KEY",
+)
+# The secrets each component may hold; every other variable (names, ports, settings) it
+# reads as usual. A pipeline job (a Spark driver, an Airflow task's logic) writes as the
+# pipeline's PostgreSQL role and S3 key, and nothing else.
+SCOPED_SECRETS = {
+    "jobs": ("PIPELINE_DB_PASSWORD", "S3_SECRET_KEY"),
+    "producer": (),
+    "superset": ("BI_DB_PASSWORD", "SUPERSET_ADMIN_PASSWORD", "SUPERSET_SECRET_KEY"),
+}
+
+
+def scoped(values: Mapping[str, str], scope: str) -> dict[str, str]:
+    """Return `values` without the generated secrets that `scope` (SCOPED_SECRETS) may not hold."""
+    allowed = SCOPED_SECRETS[scope]
+    return {k: v for k, v in values.items() if k not in GENERATED_SECRETS or k in allowed}
+
 
 class MissingSetting(RuntimeError):
     """A required configuration variable is not set."""

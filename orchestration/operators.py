@@ -6,6 +6,10 @@ session of its own (out of the supervisor's reach) and, on kill (the task marked
 success in the UI, or a timeout), sends SIGTERM to the PySpark driver process only. The driver
 (jobs/stream.py) lets the running micro-batch finish, stops the query and exits; spark-submit
 then exits on its own. If it is still running after `stop_timeout`, the provider's kill runs.
+
+The job gets only what it needs (job_environment): none of Airflow's own variables (its
+metadata database URI, Fernet key, JWT and API secrets, connections), and no generated secret
+but the pipeline's PostgreSQL role and S3 key (common.env.SCOPED_SECRETS["jobs"]).
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ from datetime import timedelta
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
 PYTHON_NAMES = ("python", "python3")
+
+
+def job_environment(environ: dict[str, str]) -> dict[str, str]:
+    """Return the environment of a Spark job started from an Airflow task: `environ` without
+    Airflow's variables (AIRFLOW*: its database URI, keys, secrets, connections) and without
+    the generated secrets a job may not hold."""
+    from common.env import scoped
+
+    return scoped({k: v for k, v in environ.items() if not k.upper().startswith("AIRFLOW")}, "jobs")
 
 
 def pyspark_driver_pids(spark_submit_pid: int) -> list[int]:
@@ -54,7 +67,9 @@ class GracefulSparkSubmitOperator(SparkSubmitOperator):
         if hook._should_track_driver_status or hook._should_track_driver_via_k8s_api() or hook._is_yarn_cluster_mode:
             return super().execute(context)
         # its own session: the supervisor's SIGTERM/SIGKILL of the task's group does not reach it
-        hook.submit(self.application, start_new_session=True)
+        env = job_environment({**os.environ, **(hook._env_vars or {})})
+        hook._env_vars = hook._env = None  # else the hook rebuilds the environment from os.environ
+        hook.submit(self.application, start_new_session=True, env=env)
         return None
 
     def on_kill(self) -> None:

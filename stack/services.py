@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.env import Env
+from common.env import SCOPED_SECRETS, Env, parse_env_file, scoped
 from jobs.spark_conf import lakehouse_spark_conf, render_spark_defaults
 from stack.settings import StackSettings
 
@@ -181,12 +181,30 @@ def kafka_java_command(s: StackSettings, java: str, main: list[str]) -> list[str
 
 # ---- Airflow -------------------------------------------------------------------------------
 
+def scoped_env_file(s: StackSettings, scope: str) -> Path:
+    """Return the env file of a component: .env's variables less the secrets it may not hold."""
+    return s.run_dir / f"{scope}.env"
+
+
+def write_scoped_env_files(s: StackSettings, env: Env) -> None:
+    """Write one env file per SCOPED_SECRETS scope (mode 600): what a component reads as its
+    IOT_ENV_FILE instead of .env, which holds the PostgreSQL superuser and MinIO root passwords."""
+    env_file = s.repo / ".env"
+    names = set(parse_env_file(s.repo / ".env.example"))
+    if env_file.is_file():
+        names |= set(parse_env_file(env_file))
+    values = {k: v for k, v in env.as_dict().items() if k in names}
+    for scope in SCOPED_SECRETS:
+        write_private(scoped_env_file(s, scope), _quote_env(scoped(values, scope)))
+
+
 def base_env(s: StackSettings) -> dict[str, str]:
-    """Return what every process of the stack needs: the venv, the repo, .env, Spark's config."""
+    """Return what every process of the stack needs: the venv, the repo, the pipeline jobs'
+    env file (no secret but the pipeline's own), Spark's config."""
     return {
         "PATH": f"{s.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "PYTHONPATH": str(s.repo),
-        "IOT_ENV_FILE": str(s.repo / ".env"),
+        "IOT_ENV_FILE": str(scoped_env_file(s, "jobs")),
         "SPARK_CONF_DIR": str(s.spark_conf_dir),
         "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
         # Spark's web UI binds to SPARK_LOCAL_IP, else to every interface.
@@ -240,6 +258,7 @@ def pipeline_env(s: StackSettings) -> dict[str, str]:
     """Return the environment of the pipeline's own processes (producer, ad hoc jobs)."""
     return {
         **base_env(s),
+        "IOT_ENV_FILE": str(scoped_env_file(s, "producer")),
         "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap,
         "KAFKA_TOPIC": s.kafka_topic,
     }
@@ -266,7 +285,7 @@ def superset_env(s: StackSettings) -> dict[str, str]:
     return {
         "PATH": f"{s.superset_venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         "PYTHONPATH": str(s.repo),
-        "IOT_ENV_FILE": str(s.repo / ".env"),
+        "IOT_ENV_FILE": str(scoped_env_file(s, "superset")),
         "SUPERSET_CONFIG_PATH": str(s.run_dir / "superset_config.py"),
         "SUPERSET_HOME": str(s.superset_home),
         "SUPERSET_SECRET_KEY": s.superset_secret_key,
@@ -289,6 +308,7 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
         "MINIO_ROOT_PASSWORD": s.minio_root_password,
         "MINIO_BROWSER": "on",
     }))
+    write_scoped_env_files(s, Env())
     write_private(s.run_dir / "airflow.env", _quote_env(airflow_env(s)))
     write_private(s.run_dir / "pipeline.env", _quote_env(pipeline_env(s)))
     write_private(s.run_dir / "superset.env", _quote_env(superset_env(s)))

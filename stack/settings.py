@@ -10,30 +10,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.env import REPO_ROOT, Env, parse_env_file
+from common.env import GENERATED_SECRETS, REPO_ROOT, Env, parse_env_file
 
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 ENV_FILE = REPO_ROOT / ".env"
-
-# Variables `make up` fills with random values on first run. Everything else keeps the
-# example's value.
-GENERATED_SECRETS = (
-    "MINIO_ROOT_PASSWORD",
-    "S3_SECRET_KEY",
-    "POSTGRES_SUPERUSER_PASSWORD",
-    "PIPELINE_DB_PASSWORD",
-    "BI_DB_PASSWORD",
-    "AIRFLOW_DB_PASSWORD",
-    "AIRFLOW_ADMIN_PASSWORD",
-    "AIRFLOW_JWT_SECRET",
-    "AIRFLOW_API_SECRET_KEY",
-    "AIRFLOW_FERNET_KEY",
-    "METABASE_DB_PASSWORD",
-    "METABASE_ADMIN_PASSWORD",
-    "SUPERSET_ADMIN_PASSWORD",
-    "SUPERSET_SECRET_KEY",
-)
-
 
 # Secrets that may be replaced in an existing `.env` without losing anything: a new JWT
 # secret only signs new tokens (HS512 wants at least 64 bytes; older stacks had 40).

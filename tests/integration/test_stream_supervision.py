@@ -13,6 +13,7 @@ import json
 import signal
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psutil
 import pytest
@@ -65,6 +66,20 @@ def drivers_of(p: Pipeline) -> list[psutil.Process]:
     return found
 
 
+def assert_job_gets_only_what_it_needs(stack, drivers: list[psutil.Process]) -> None:
+    """The driver Airflow started holds none of Airflow's variables (metadata DB URI, Fernet
+    key, JWT and API secrets, connections), and its env file none of the other secrets."""
+    from common.env import GENERATED_SECRETS, parse_env_file
+
+    for proc in drivers:
+        environ = proc.environ()
+        assert sorted(k for k in environ if k.upper().startswith("AIRFLOW")) == [], proc.cmdline()[:2]
+        env_file = Path(environ["IOT_ENV_FILE"])
+        assert env_file != stack.repo / ".env"
+        held = {k for k, v in {**parse_env_file(env_file), **environ}.items() if k in GENERATED_SECRETS and v}
+        assert held == {"PIPELINE_DB_PASSWORD", "S3_SECRET_KEY"}, proc.cmdline()[:2]
+
+
 def checkpoint_batches(p: Pipeline, what: str) -> set[int]:
     """Batch ids with a file in the checkpoint's offsets/ or commits/ folder."""
     prefix = f"{p.prefix}/checkpoint/{what}/"
@@ -93,6 +108,7 @@ def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pip
         wait_for("the first committed batches", lambda: p.health_batches() >= 2, 300)
         first = drivers_of(p)
         assert len(first) == 2, [proc.cmdline()[:3] for proc in first]  # the JVM and the Python driver
+        assert_job_gets_only_what_it_needs(stack, first)
 
         batches = p.health_batches()
         for proc in first:

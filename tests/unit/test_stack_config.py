@@ -240,3 +240,39 @@ def test_make_up_with_a_broken_env_file_exits_2_naming_the_variable_and_line(tmp
     assert result.stderr.strip().splitlines()[-1] == "stackctl up: " + message.format(env=env_file, n=n)
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "home" / "run").exists()  # nothing was rendered, let alone started
+
+
+def test_a_job_started_by_airflow_gets_only_the_pipelines_secrets():
+    from orchestration.operators import job_environment
+
+    environ = {"PATH": "/usr/bin", "IOT_ENV_FILE": "/stack/run/jobs.env", "SPARK_CONF_DIR": "/c",
+               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://airflow:pw@h/airflow",
+               "AIRFLOW__CORE__FERNET_KEY": "f", "AIRFLOW__API_AUTH__JWT_SECRET": "j",
+               "AIRFLOW__API__SECRET_KEY": "a", "AIRFLOW_CONN_IOT_POSTGRES": "{}", "AIRFLOW_HOME": "/h",
+               "airflow_ctx_dag_id": "x", "PIPELINE_DB_PASSWORD": "p", "S3_SECRET_KEY": "s",
+               "POSTGRES_SUPERUSER_PASSWORD": "su", "MINIO_ROOT_PASSWORD": "root", "BI_DB_PASSWORD": "bi",
+               "SUPERSET_SECRET_KEY": "ss"}
+    assert job_environment(environ) == {"PATH": "/usr/bin", "IOT_ENV_FILE": "/stack/run/jobs.env",
+                                        "SPARK_CONF_DIR": "/c", "PIPELINE_DB_PASSWORD": "p", "S3_SECRET_KEY": "s"}
+
+
+def test_each_component_reads_an_env_file_with_only_its_own_secrets(settings):
+    from common.env import GENERATED_SECRETS
+    from stack.services import pipeline_env, scoped_env_file, superset_env, write_scoped_env_files
+
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    env = Env({**parse_env_file(REPO / ".env.example"), "PIPELINE_DB_PASSWORD": values["pg_writer_password"],
+               "S3_SECRET_KEY": values["s3_secret_key"], "POSTGRES_SUPERUSER_PASSWORD": "su",
+               "MINIO_ROOT_PASSWORD": "root", "BI_DB_PASSWORD": "bi", "SUPERSET_SECRET_KEY": "ss",
+               "SUPERSET_ADMIN_PASSWORD": "sa", "AIRFLOW_FERNET_KEY": "f", "KAFKA_TOPIC": "t"})
+    settings.run_dir.mkdir(parents=True)
+    write_scoped_env_files(settings, env)
+    held = {scope: {k for k, v in parse_env_file(scoped_env_file(settings, scope)).items()
+                    if k in GENERATED_SECRETS and v} for scope in ("jobs", "producer", "superset")}
+    assert held == {"jobs": {"PIPELINE_DB_PASSWORD", "S3_SECRET_KEY"}, "producer": set(),
+                    "superset": {"BI_DB_PASSWORD", "SUPERSET_SECRET_KEY", "SUPERSET_ADMIN_PASSWORD"}}
+    assert parse_env_file(scoped_env_file(settings, "jobs"))["KAFKA_TOPIC"] == "t"  # settings pass through
+    assert oct(scoped_env_file(settings, "jobs").stat().st_mode & 0o777) == "0o600"
+    assert airflow_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "jobs"))
+    assert pipeline_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "producer"))
+    assert superset_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "superset"))
