@@ -276,3 +276,19 @@ def test_each_component_reads_an_env_file_with_only_its_own_secrets(settings):
     assert airflow_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "jobs"))
     assert pipeline_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "producer"))
     assert superset_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "superset"))
+
+
+def test_a_program_restarts_when_its_config_files_change(settings):
+    """supervisord restarts a program on reload only when its section changes: each section
+    carries a digest of the files the program reads."""
+    def sections() -> dict[str, str]:
+        conf = supervisord_conf(settings, "/usr/bin/java", Path("/usr/lib/postgresql/15/bin"))
+        return {part.split("]")[0]: part for part in conf.split("[program:")[1:]}
+
+    settings.run_dir.mkdir(parents=True)
+    (settings.run_dir / "jobs-config.env").write_text("A=1\n")
+    before = sections()
+    (settings.run_dir / "jobs-config.env").write_text("A=2\n")
+    after = sections()
+    assert {name for name in before if before[name] != after[name]} == {
+        "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
