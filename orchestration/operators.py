@@ -30,7 +30,7 @@ def job_environment(environ: dict[str, str]) -> dict[str, str]:
     the generated secrets a job may not hold."""
     from common.env import scoped
 
-    return scoped({k: v for k, v in environ.items() if not k.upper().startswith("AIRFLOW")}, "jobs")
+    return scoped({k: v for k, v in environ.items() if not k.lstrip("_").upper().startswith("AIRFLOW")}, "jobs")
 
 
 def pyspark_driver_pids(spark_submit_pid: int) -> list[int]:

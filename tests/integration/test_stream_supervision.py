@@ -73,7 +73,7 @@ def assert_job_gets_only_what_it_needs(stack, drivers: list[psutil.Process]) -> 
 
     for proc in drivers:
         environ = proc.environ()
-        assert sorted(k for k in environ if k.upper().startswith("AIRFLOW")) == [], proc.cmdline()[:2]
+        assert sorted(k for k in environ if "AIRFLOW" in k.upper()) == [], proc.cmdline()[:2]
         env_file = Path(environ["IOT_ENV_FILE"])
         assert env_file != stack.repo / ".env"
         held = {k for k, v in {**parse_env_file(env_file), **environ}.items() if k in GENERATED_SECRETS and v}
