@@ -249,7 +249,8 @@ def test_a_job_started_by_airflow_gets_only_the_pipelines_secrets():
                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://airflow:pw@h/airflow",
                "AIRFLOW__CORE__FERNET_KEY": "f", "AIRFLOW__API_AUTH__JWT_SECRET": "j",
                "AIRFLOW__API__SECRET_KEY": "a", "AIRFLOW_CONN_IOT_POSTGRES": "{}", "AIRFLOW_HOME": "/h",
-               "airflow_ctx_dag_id": "x", "_AIRFLOW_PROCESS_CONTEXT": "client", "PIPELINE_DB_PASSWORD": "p", "S3_SECRET_KEY": "s",
+               "airflow_ctx_dag_id": "x", "_AIRFLOW_PROCESS_CONTEXT": "client",
+               "PIPELINE_DB_PASSWORD": "p", "S3_SECRET_KEY": "s",
                "POSTGRES_SUPERUSER_PASSWORD": "su", "MINIO_ROOT_PASSWORD": "root", "BI_DB_PASSWORD": "bi",
                "SUPERSET_SECRET_KEY": "ss"}
     assert job_environment(environ) == {"PATH": "/usr/bin", "IOT_ENV_FILE": "/stack/run/jobs.env",
