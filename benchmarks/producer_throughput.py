@@ -20,6 +20,7 @@ import time
 import uuid
 
 from common.env import Env
+from common.kafka import KafkaLogin
 from producer.cli import Stopper, build_parser, run
 from producer.simulation import Fleet
 from producer.sinks import KafkaSink, MemorySink
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     from kafka.admin import NewTopic
 
     env = Env()
-    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    login = KafkaLogin.from_env(env, "admin")  # a topic of its own: only the admin may create and write it
     topic = f"bench-producer-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**login.client_kwargs())
     admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
     try:
         sim = []
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             rates = []
             for _ in range(opts.repeats):
                 args = _args(opts.events, codec)
-                sink = KafkaSink(bootstrap, topic, compression=None if codec == "none" else codec,
+                sink = KafkaSink(login, topic, compression=None if codec == "none" else codec,
                                  linger_ms=args.linger_ms, batch_size=args.batch_size)
                 settings = sink.settings
                 stream = EventStream(Fleet(50, 1, f"bench-{codec}"))

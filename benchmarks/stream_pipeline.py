@@ -36,7 +36,7 @@ from tests.integration.pipeline_kit import Pipeline
 
 def produce(settings, topic: str, rate: float, count: int, seed: int) -> int:
     """Send `count` valid readings at `rate` events/s (0 = unpaced); return how many were acked."""
-    sink = KafkaSink(settings.kafka_bootstrap, topic)
+    sink = KafkaSink(settings.kafka_login("admin"), topic)
     stream = EventStream(Fleet(50, seed, f"b{seed}"))
     start = time.monotonic()
     for i in range(count):

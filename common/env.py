@@ -15,8 +15,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Variables `make up` (and `make env`) fill with random values on first run.
-GENERATED_SECRETS = (
+# Variables `make up` (and `make env`) fill with random values on first run. The first ones
+# were there before `make up` recorded which secrets a stack was made with (stack/settings.py).
+SECRETS_BEFORE_RECORD = (
     "MINIO_ROOT_PASSWORD",
     "S3_SECRET_KEY",
     "POSTGRES_SUPERUSER_PASSWORD",
@@ -32,12 +33,21 @@ GENERATED_SECRETS = (
     "SUPERSET_ADMIN_PASSWORD",
     "SUPERSET_SECRET_KEY",
 )
+GENERATED_SECRETS = (
+    *SECRETS_BEFORE_RECORD,
+    "KAFKA_BROKER_PASSWORD",
+    "KAFKA_ADMIN_PASSWORD",
+    "KAFKA_PRODUCER_PASSWORD",
+    "KAFKA_STREAM_PASSWORD",
+)
 # The secrets each component may hold; every other variable (names, ports, settings) it
-# reads as usual. A pipeline job (a Spark driver, an Airflow task's logic) writes as the
-# pipeline's PostgreSQL role and S3 key, and nothing else.
+# reads as usual. A pipeline job (a Spark driver) writes as the pipeline's PostgreSQL role and
+# S3 key and reads Kafka as the stream; Airflow's own task logic also administers the topic
+# (retention); the producer only writes Kafka.
 SCOPED_SECRETS = {
-    "jobs": ("PIPELINE_DB_PASSWORD", "S3_SECRET_KEY"),
-    "producer": (),
+    "jobs": ("PIPELINE_DB_PASSWORD", "S3_SECRET_KEY", "KAFKA_STREAM_PASSWORD"),
+    "airflow": ("PIPELINE_DB_PASSWORD", "S3_SECRET_KEY", "KAFKA_STREAM_PASSWORD", "KAFKA_ADMIN_PASSWORD"),
+    "producer": ("KAFKA_PRODUCER_PASSWORD",),
     "superset": ("BI_DB_PASSWORD", "SUPERSET_ADMIN_PASSWORD", "SUPERSET_SECRET_KEY"),
 }
 

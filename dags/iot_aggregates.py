@@ -41,6 +41,7 @@ with DAG(
     def wait_for_stream(params=None, data_interval_end=None) -> PokeReturnValue:
         """Done when the stream has committed every record stamped before the interval's end."""
         from common.env import Env
+        from common.kafka import KafkaLogin
         from orchestration import connections
         from orchestration.aggregates import committed_offsets, offsets_before, offsets_still_needed
 
@@ -48,7 +49,7 @@ with DAG(
         topic = params["topic"] or env.get("KAFKA_TOPIC", "iot.sensor-readings")
         schema = params["pg_schema"] or env.get("PIPELINE_SCHEMA", "iot")
         query_name = params["query_name"] or env.get("STREAM_QUERY_NAME", "sensor_readings")
-        needed = offsets_before(env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), topic, data_interval_end)
+        needed = offsets_before(KafkaLogin.from_env(env, "stream"), topic, data_interval_end)
         conn = connections.postgres()
         try:
             missing = offsets_still_needed(needed, committed_offsets(conn, schema, query_name, topic))

@@ -58,12 +58,13 @@ with DAG(
     def set_kafka_retention(params=None) -> dict:
         """Set the topic's retention.ms from KAFKA_TOPIC_RETENTION_HOURS."""
         from common.env import Env
+        from common.kafka import KafkaLogin
         from orchestration.retention import RetentionSettings, set_topic_retention
 
         env = Env()
         topic = params["topic"] or env.get("KAFKA_TOPIC", "iot.sensor-readings")
         hours = RetentionSettings.from_env(env).kafka_hours
-        before, now = set_topic_retention(env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), topic, hours)
+        before, now = set_topic_retention(KafkaLogin.from_env(env, "admin"), topic, hours)
         return {"topic": topic, "retention_ms_before": before, "retention_ms": now}
 
     @task

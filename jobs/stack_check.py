@@ -17,6 +17,7 @@ import json
 import sys
 
 from common.env import Env
+from common.kafka import KafkaLogin
 from jobs.session import build_spark, jdbc_options
 
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta-path", required=True, help="s3a:// path of a scratch Delta table")
     parser.add_argument("--topic", required=True, help="Kafka topic to read from earliest to latest")
     parser.add_argument("--jdbc-table", required=True, help="PostgreSQL table to append 5 rows to")
+    parser.add_argument("--kafka-role", choices=("stream", "admin"), default="stream",
+                        help="whose Kafka login reads the topic (KAFKA_<ROLE>_USER/_PASSWORD; default stream)")
     args = parser.parse_args(argv)
 
     env = Env()
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     delta_ids = sorted(r.id for r in back.collect())
 
     kafka = (spark.read.format("kafka")
-             .option("kafka.bootstrap.servers", env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+             .options(**KafkaLogin.from_env(env, args.kafka_role).spark_options())
              .option("subscribe", args.topic)
              .option("startingOffsets", "earliest").option("endingOffsets", "latest")
              .load())

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from common.env import Env
+from common.kafka import STREAM_GROUP_PREFIX, KafkaLogin
 from jobs.maintenance import LakeMaintenance, WriterLock, writer_resources
 from jobs.session import pg_connect_kwargs
 from jobs.sinks import DeltaSink, PostgresSink, curated_csv_column
@@ -75,7 +76,7 @@ def own_names(given: dict[str, str | None]) -> dict[str, str]:
 class StreamSettings:
     """Everything the streaming job needs, from the environment and the command line."""
 
-    bootstrap_servers: str
+    kafka: KafkaLogin  # the stream's principal: reads the topic (and the lag reader's offsets)
     topic: str
     checkpoint: str
     bronze_path: str
@@ -96,7 +97,7 @@ class StreamSettings:
         """Return the settings of the pipeline's own stream (the running pipeline's names)."""
         bucket = env.get("LAKEHOUSE_BUCKET", "lakehouse")
         return cls(
-            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            kafka=KafkaLogin.from_env(env, "stream"),
             topic=env.get("KAFKA_TOPIC", "iot.sensor-readings"),
             checkpoint=env.get("STREAM_CHECKPOINT", f"s3a://{bucket}/checkpoints/sensor_readings"),
             bronze_path=env.get("BRONZE_PATH", f"s3a://{bucket}/bronze/sensor_readings"),
@@ -116,7 +117,9 @@ class StreamSettings:
 def kafka_source(spark: SparkSession, settings: StreamSettings) -> DataFrame:
     """Return the streaming Kafka source: earliest offsets on first start, bounded batches."""
     return (spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", settings.bootstrap_servers)
+            .options(**settings.kafka.spark_options())
+            # the stream principal may use the consumer groups of this prefix, and no other
+            .option("groupIdPrefix", f"{STREAM_GROUP_PREFIX}-{settings.query_name}")
             .option("subscribe", settings.topic)
             .option("startingOffsets", settings.starting_offsets)
             .option("maxOffsetsPerTrigger", settings.max_offsets_per_trigger)
@@ -128,8 +131,8 @@ def kafka_source(spark: SparkSession, settings: StreamSettings) -> DataFrame:
 class LatestOffsets:
     """Reads the topic's latest offsets, for the health row's offsets_behind."""
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, login: KafkaLogin, topic: str) -> None:
+        self.login = login
         self.topic = topic
         self._consumer = None
 
@@ -138,8 +141,8 @@ class LatestOffsets:
         from kafka import KafkaConsumer, TopicPartition
 
         if self._consumer is None:
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers,
-                                           client_id="iot-stream-lag", request_timeout_ms=10_000)
+            self._consumer = KafkaConsumer(**self.login.client_kwargs(), client_id="iot-stream-lag",
+                                           request_timeout_ms=10_000)
         partitions = self._consumer.partitions_for_topic(self.topic) or set()
         ends = self._consumer.end_offsets([TopicPartition(self.topic, p) for p in partitions])
         return {tp.partition: offset for tp, offset in ends.items()}
@@ -284,7 +287,7 @@ def build_processor(settings: StreamSettings) -> BatchProcessor:
         bronze=DeltaSink(settings.bronze_path),
         quarantine_sink=DeltaSink(settings.quarantine_path),
         postgres=PostgresSink(settings.pg_connect, settings.pg_schema),
-        latest_offsets=LatestOffsets(settings.bootstrap_servers, settings.topic),
+        latest_offsets=LatestOffsets(settings.kafka, settings.topic),
     )
 
 
@@ -360,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python warns "Exchanging credentials in the clear" for every SASL login; SCRAM never
+    # sends the password, only a proof of it
+    logging.getLogger("kafka.net.sasl").setLevel(logging.ERROR)
     logging.getLogger("py4j").setLevel(logging.WARNING)
     env = Env()
     defaults = StreamSettings.from_env(env)

@@ -6,6 +6,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.kafka import KafkaLogin
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +28,17 @@ def offsets_still_needed(needed: dict[int, int], committed: dict[int, int]) -> d
     return {p: n - committed.get(p, 0) for p, n in sorted(needed.items()) if committed.get(p, 0) < n}
 
 
-def offsets_before(bootstrap_servers: str, topic: str, until: datetime) -> dict[int, int]:
+def offsets_before(login: KafkaLogin, topic: str, until: datetime) -> dict[int, int]:
     """Return, per partition, the offset of the first record stamped at or after `until`
     (or the log end when there is none yet): every record before it belongs before `until`."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, client_id="iot-aggregates-wait",
-                             request_timeout_ms=10_000)
+    consumer = KafkaConsumer(**login.client_kwargs(), client_id="iot-aggregates-wait", request_timeout_ms=10_000)
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            raise RuntimeError(f"topic {topic!r} does not exist on {bootstrap_servers}")
+            raise RuntimeError(f"topic {topic!r} does not exist on {login.bootstrap_servers} (or {login.user} "
+                               "may not describe it)")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         at = consumer.offsets_for_times({tp: int(until.timestamp() * 1000) for tp in tps})
         ends = consumer.end_offsets(tps)

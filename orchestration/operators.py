@@ -26,11 +26,14 @@ PYTHON_NAMES = ("python", "python3")
 
 def job_environment(environ: dict[str, str]) -> dict[str, str]:
     """Return the environment of a Spark job started from an Airflow task: `environ` without
-    Airflow's variables (AIRFLOW*: its database URI, keys, secrets, connections) and without
-    the generated secrets a job may not hold."""
+    Airflow's variables (AIRFLOW*: its database URI, keys, secrets, connections), without the
+    generated secrets a job may not hold, and with IOT_ENV_FILE the jobs' own (IOT_JOB_ENV_FILE)."""
     from common.env import scoped
 
-    return scoped({k: v for k, v in environ.items() if not k.lstrip("_").upper().startswith("AIRFLOW")}, "jobs")
+    env = {k: v for k, v in environ.items() if not k.lstrip("_").upper().startswith("AIRFLOW")}
+    if job_file := env.pop("IOT_JOB_ENV_FILE", None):  # the task's own IOT_ENV_FILE holds more
+        env["IOT_ENV_FILE"] = job_file
+    return scoped(env, "jobs")
 
 
 def pyspark_driver_pids(spark_submit_pid: int) -> list[int]:

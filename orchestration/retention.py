@@ -12,8 +12,12 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from common.env import Env
+
+if TYPE_CHECKING:
+    from common.kafka import KafkaLogin
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +102,12 @@ def prune_stream_bookkeeping(conn, schema: str, cutoff: datetime) -> tuple[int, 
         return health, cur.rowcount
 
 
-def set_topic_retention(bootstrap_servers: str, topic: str, hours: int) -> tuple[str | None, str]:
+def set_topic_retention(login: KafkaLogin, topic: str, hours: int) -> tuple[str | None, str]:
     """Set the topic's retention.ms; return (previous value, value now in force)."""
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="iot-retention",
+    admin = KafkaAdminClient(**login.client_kwargs(), client_id="iot-retention",
                              request_timeout_ms=15_000)
     try:
         def current() -> str | None:
@@ -111,7 +115,7 @@ def set_topic_retention(bootstrap_servers: str, topic: str, hours: int) -> tuple
             described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
             configs = described.get("topic", {}).get(topic)
             if configs is None:
-                raise RuntimeError(f"topic {topic!r} not found on {bootstrap_servers}")
+                raise RuntimeError(f"topic {topic!r} not found on {login.bootstrap_servers}")
             entry = configs.get("retention.ms")
             return entry["value"] if entry else None
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from common.kafka import KafkaLogin
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,17 @@ class KafkaSink:
     cause, and the process exits non-zero when any record failed.
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, *, linger_ms: int = 100,
+    def __init__(self, login: KafkaLogin, topic: str, *, linger_ms: int = 100,
                  batch_size: int = 1024 * 1024, compression: str | None = "zstd",
                  client_id: str = "iot-producer",
                  max_block_ms: int = 15_000) -> None:
         from kafka import KafkaProducer
-        from kafka.errors import KafkaTimeoutError
+        from kafka.errors import (
+            KafkaTimeoutError,
+            SaslAuthenticationFailedError,
+            TopicAuthorizationFailedError,
+            UnsupportedSaslMechanismError,
+        )
 
         self.topic = topic
         self.sent = self.acked = self.failed = 0
@@ -56,12 +64,14 @@ class KafkaSink:
             "max_block_ms": max_block_ms,
         }
         try:
-            self.producer = KafkaProducer(bootstrap_servers=bootstrap_servers, client_id=client_id,
-                                          **self.settings)
+            self.producer = KafkaProducer(**login.client_kwargs(), client_id=client_id, **self.settings)
         except KafkaTimeoutError:  # kafka-python 3: "Unable to bootstrap from ..."
             raise ConnectionError(
-                f"cannot reach Kafka at {bootstrap_servers} (--bootstrap-servers / "
+                f"cannot reach Kafka at {login.bootstrap_servers} (--bootstrap-servers / "
                 "KAFKA_BOOTSTRAP_SERVERS); is the stack up? `make up` starts it") from None
+        except (SaslAuthenticationFailedError, UnsupportedSaslMechanismError) as exc:
+            raise ConnectionError(f"Kafka refused the login of {login.user!r}: {exc} (KAFKA_PRODUCER_USER / "
+                                  "KAFKA_PRODUCER_PASSWORD in .env)") from None
         try:
             self.producer.partitions_for(topic)
         except KafkaTimeoutError:
@@ -69,6 +79,10 @@ class KafkaSink:
             raise ConnectionError(
                 f"topic {topic!r} has no metadata after {max_block_ms / 1000:.0f}s: it does not exist "
                 "(the broker does not auto-create topics; `make up` creates KAFKA_TOPIC)") from None
+        except TopicAuthorizationFailedError:
+            self.producer.close(timeout=1)
+            raise ConnectionError(f"{login.user!r} may not write topic {topic!r}: the producer principal writes "
+                                  "KAFKA_TOPIC only") from None
 
     def _on_delivery(self, result) -> None:
         # Runs on kafka-python's single sender thread, the only writer of acked/failed

@@ -121,14 +121,14 @@ def _check_ports(s: StackSettings, sup: Supervisor | None) -> None:
         "minio-console": "MINIO_CONSOLE_PORT", "airflow-api-server": "AIRFLOW_PORT",
         "superset": "SUPERSET_PORT",
     }
-    checks = [(svc.name, svc.port) for svc in services(s) if svc.port]
-    checks.append(("kafka", s.kafka_controller_port))
-    for name, port in checks:
+    checks = [(svc.name, svc.port, variables[svc.name]) for svc in services(s) if svc.port]
+    checks += [("kafka", s.kafka_controller_port, "KAFKA_CONTROLLER_PORT"),
+               ("kafka", s.kafka_internal_port, "KAFKA_INTERNAL_PORT")]
+    for name, port, variable in checks:
         program = "minio" if name == "minio-console" else name
         if program in owned:
             continue
         if port_open("127.0.0.1", port):
-            variable = variables.get(name, "KAFKA_CONTROLLER_PORT")
             raise install.MissingPrerequisite(
                 f"port {port} on 127.0.0.1 (for {name}) is already in use by another process. "
                 f"Stop that process (`ss -ltnp 'sport = :{port}'` shows it) or set {variable} "

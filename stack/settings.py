@@ -10,7 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.env import GENERATED_SECRETS, REPO_ROOT, Env, parse_env_file
+from common.env import GENERATED_SECRETS, REPO_ROOT, SECRETS_BEFORE_RECORD, Env, parse_env_file
+from common.kafka import ROLES, KafkaLogin
 
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 ENV_FILE = REPO_ROOT / ".env"
@@ -18,6 +19,7 @@ ENV_FILE = REPO_ROOT / ".env"
 # Secrets that may be replaced in an existing `.env` without losing anything: a new JWT
 # secret only signs new tokens (HS512 wants at least 64 bytes; older stacks had 40).
 ROTATABLE_MIN_LENGTH = {"AIRFLOW_JWT_SECRET": 64}
+KAFKA_BROKER_USER = "broker"
 # Where `make up` records which generated secrets the stack's data was initialised with.
 SECRETS_IN_USE = "secrets-in-use"
 
@@ -65,11 +67,11 @@ def stack_home_for(env_file: Path) -> Path:
 
 def secrets_in_use(home: Path) -> set[str]:
     """Return the generated secrets the stack's data in `home` was initialised with (none for a
-    new stack; every one for a stack initialised before `make up` kept the record)."""
+    new stack; those of the time for a stack initialised before `make up` kept the record)."""
     record = home / SECRETS_IN_USE
     if record.is_file():
         return {line.strip() for line in record.read_text(encoding="utf-8").splitlines() if line.strip()}
-    return set(GENERATED_SECRETS) if (home / "run").is_dir() else set()
+    return set(SECRETS_BEFORE_RECORD) if (home / "run").is_dir() else set()
 
 
 def record_secrets_in_use(home: Path, names: set[str]) -> None:
@@ -150,6 +152,10 @@ class StackSettings:
     kafka_partitions: int
     kafka_retention_hours: int
     kafka_heap_opts: str
+    kafka_internal_port: int
+    kafka_adhoc_topic_prefix: str
+    kafka_broker_password: str
+    kafka_users: dict  # role -> (user, password): producer, stream, admin (common/kafka.py)
     minio_port: int
     minio_console_port: int
     minio_root_user: str
@@ -189,6 +195,19 @@ class StackSettings:
     superset_admin_password: str
     superset_secret_key: str
     unpause_dags: tuple[str, ...] = ("iot_stream", "iot_aggregates", "iot_retention")
+
+    # ---- Kafka logins ----------------------------------------------------------------
+    def kafka_login(self, role: str) -> KafkaLogin:
+        """Return the Kafka login of `role` (producer, stream, admin)."""
+        user, password = self.kafka_users[role]
+        return KafkaLogin(self.kafka_bootstrap, user, password)
+
+    def kafka_broker_kwargs(self) -> dict[str, str]:
+        """Return kafka-python keywords for the broker's own principal on its internal
+        listener (SASL/PLAIN): the super user `make up` creates users and ACLs with."""
+        return {"bootstrap_servers": f"127.0.0.1:{self.kafka_internal_port}", "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": "PLAIN", "sasl_plain_username": KAFKA_BROKER_USER,
+                "sasl_plain_password": self.kafka_broker_password}
 
     # ---- derived paths -------------------------------------------------------------
     @property
@@ -277,6 +296,11 @@ def load_settings(env: Env | None = None) -> StackSettings:
         kafka_partitions=env.get_int("KAFKA_TOPIC_PARTITIONS", 6),
         kafka_retention_hours=env.get_int("KAFKA_TOPIC_RETENTION_HOURS", 168),
         kafka_heap_opts=env.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx768m"),
+        kafka_internal_port=env.get_port("KAFKA_INTERNAL_PORT", 9094),
+        kafka_adhoc_topic_prefix=env.get("KAFKA_ADHOC_TOPIC_PREFIX", "iot.adhoc."),
+        kafka_broker_password=env.require("KAFKA_BROKER_PASSWORD", "run `make up` to generate it"),
+        kafka_users={role: (login.user, login.password) for role in ROLES
+                     for login in (KafkaLogin.from_env(env, role),)},
         minio_port=env.get_port("MINIO_PORT", 9000),
         minio_console_port=env.get_port("MINIO_CONSOLE_PORT", 9001),
         minio_root_user=env.get("MINIO_ROOT_USER", "lakehouse-admin"),

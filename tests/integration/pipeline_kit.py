@@ -39,7 +39,8 @@ class Pipeline:
 
     @property
     def topic(self) -> str:
-        return f"it-stream-{self.name}"
+        # the stream principal may read the ad hoc topics (KAFKA_ADHOC_TOPIC_PREFIX) besides the pipeline's
+        return f"{self.stack.kafka_adhoc_topic_prefix}it-stream-{self.name}"
 
     @property
     def schema(self) -> str:
@@ -53,7 +54,7 @@ class Pipeline:
         return f"s3a://{self.stack.bucket}/{self.prefix}/{what}"
 
     def create(self) -> Pipeline:
-        admin = KafkaAdminClient(bootstrap_servers=self.stack.kafka_bootstrap)
+        admin = KafkaAdminClient(**self.stack.kafka_login("admin").client_kwargs())
         admin.create_topics([NewTopic(self.topic, num_partitions=self.partitions, replication_factor=1,
                                       topic_configs=self.topic_configs)])
         admin.close()
@@ -61,7 +62,7 @@ class Pipeline:
         return self
 
     def destroy(self) -> None:
-        admin = KafkaAdminClient(bootstrap_servers=self.stack.kafka_bootstrap)
+        admin = KafkaAdminClient(**self.stack.kafka_login("admin").client_kwargs())
         admin.delete_topics([self.topic])
         admin.close()
         drop_pipeline_schema(self.stack, self.schema)
@@ -189,7 +190,7 @@ def send_stamped(pipeline: Pipeline, stamped: list[tuple[bytes, bytes, float]]) 
     """Send (key, value, Kafka timestamp in epoch seconds) records, acks=all; every one acked."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=pipeline.stack.kafka_bootstrap, acks="all", linger_ms=20)
+    producer = KafkaProducer(**pipeline.stack.kafka_login("admin").client_kwargs(), acks="all", linger_ms=20)
     futures = [producer.send(pipeline.topic, key=key, value=value, timestamp_ms=int(ts * 1000))
                for key, value, ts in stamped]
     producer.flush(60)

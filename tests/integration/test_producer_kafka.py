@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def make_topic(stack, unique_name):
     """Create topics of the test's own; delete them afterwards."""
-    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
     created = []
 
     def make(partitions: int = 6, **configs: str) -> str:
@@ -50,7 +50,7 @@ def summary_of(stderr: str) -> dict:
 
 
 def end_offsets(stack, topic: str) -> dict[TopicPartition, int]:
-    consumer = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap)
+    consumer = KafkaConsumer(**stack.kafka_login("admin").client_kwargs())
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         return consumer.end_offsets(parts)
@@ -61,7 +61,7 @@ def end_offsets(stack, topic: str) -> dict[TopicPartition, int]:
 def consume_all(stack, topic: str) -> list:
     """Return every record of `topic` from the beginning to its current end offsets."""
     ends = end_offsets(stack, topic)
-    consumer = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**stack.kafka_login("admin").client_kwargs(), enable_auto_commit=False)
     consumer.assign(list(ends))
     consumer.seek_to_beginning(*ends)
     got = []

@@ -125,5 +125,5 @@ def test_retention_while_the_stream_runs(stack, lake, pipeline, dag_runner, tmp_
     # Kafka: the topic's retention now is the configured one
     from orchestration.retention import set_topic_retention
 
-    before, after = set_topic_retention(stack.kafka_bootstrap, p.topic, 72)
+    before, after = set_topic_retention(stack.kafka_login("admin"), p.topic, 72)
     assert before == after == str(72 * 3_600_000)

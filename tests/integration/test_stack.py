@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 def topic(stack, unique_name):
     """Create a 3-partition topic of the test's own; delete it afterwards."""
     name = unique_name("it-topic")
-    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
     admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
     yield name
     admin.delete_topics([name])
@@ -42,14 +42,14 @@ def topic(stack, unique_name):
 
 
 def test_kafka_produce_and_consume(stack, topic):
-    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    producer = KafkaProducer(**stack.kafka_login("admin").client_kwargs(), acks="all")
     sent = {f"key-{i}": f"value-{i}" for i in range(20)}
     for key, value in sent.items():
         producer.send(topic, key=key.encode(), value=value.encode())
     producer.flush(timeout=30)
     producer.close()
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=stack.kafka_bootstrap,
+    consumer = KafkaConsumer(topic, **stack.kafka_login("admin").client_kwargs(),
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              consumer_timeout_ms=10_000)
     received = {}
@@ -62,7 +62,7 @@ def test_kafka_produce_and_consume(stack, topic):
 
 
 def test_pipeline_topic_has_explicit_partitions_and_retention(stack):
-    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
     try:
         described = admin.describe_topics([stack.kafka_topic])[0]
         assert len(described["partitions"]) == stack.kafka_partitions
@@ -228,7 +228,7 @@ def test_spark_submit_reaches_delta_on_s3_kafka_and_jdbc(stack, topic, mart_tabl
     name, writer = mart_table
     with writer.cursor() as cur:
         cur.execute(f"drop table {name}")  # Spark's JDBC writer creates it
-    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    producer = KafkaProducer(**stack.kafka_login("admin").client_kwargs(), acks="all")
     for i in range(3):
         producer.send(topic, value=f"m{i}".encode())
     producer.flush(timeout=30)
@@ -239,7 +239,7 @@ def test_spark_submit_reaches_delta_on_s3_kafka_and_jdbc(stack, topic, mart_tabl
     env = {**os.environ, **airflow_env(stack)}
     result = subprocess.run(
         [str(stack.venv / "bin" / "spark-submit"), "--master", "local[2]",
-         str(stack.repo / "jobs" / "stack_check.py"),
+         str(stack.repo / "jobs" / "stack_check.py"), "--kafka-role", "admin",
          "--delta-path", delta_path, "--topic", topic, "--jdbc-table", name],
         env=env, capture_output=True, text=True, timeout=300,
     )

@@ -37,10 +37,10 @@ def test_second_up_is_harmless_and_data_survives_down_and_up(stack, unique_name)
         conn.autocommit = True
         return conn
 
-    admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     admin.close()
-    producer = KafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    producer = KafkaProducer(**stack.kafka_login("admin").client_kwargs(), acks="all")
     producer.send(topic, b"survives").get(timeout=30)
     producer.close()
     with pg() as conn, conn.cursor() as cur:
@@ -65,7 +65,7 @@ def test_second_up_is_harmless_and_data_survives_down_and_up(stack, unique_name)
             cur.execute(f"select note from {table}")
             assert cur.fetchall() == [("survives",)]
         assert s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read() == b"survives"
-        consumer = KafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+        consumer = KafkaConsumer(**stack.kafka_login("admin").client_kwargs(), enable_auto_commit=False)
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
@@ -76,6 +76,6 @@ def test_second_up_is_harmless_and_data_survives_down_and_up(stack, unique_name)
         s3.delete_object(Bucket=stack.bucket, Key=key)
         with pg() as conn, conn.cursor() as cur:
             cur.execute(f"drop table if exists {table}")
-        admin = KafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
         admin.delete_topics([topic])
         admin.close()

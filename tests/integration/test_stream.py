@@ -35,7 +35,7 @@ def expected_rules(record: Record) -> tuple[str, ...]:
 
 
 def send(stack, topic: str, records: list[Record]) -> None:
-    sink = KafkaSink(stack.kafka_bootstrap, topic)
+    sink = KafkaSink(stack.kafka_login("admin"), topic)
     for record in records:
         sink.send(record.key, record.value)
     assert sink.flush(60)

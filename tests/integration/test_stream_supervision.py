@@ -77,7 +77,7 @@ def assert_job_gets_only_what_it_needs(stack, drivers: list[psutil.Process]) -> 
         env_file = Path(environ["IOT_ENV_FILE"])
         assert env_file != stack.repo / ".env"
         held = {k for k, v in {**parse_env_file(env_file), **environ}.items() if k in GENERATED_SECRETS and v}
-        assert held == {"PIPELINE_DB_PASSWORD", "S3_SECRET_KEY"}, proc.cmdline()[:2]
+        assert held == {"PIPELINE_DB_PASSWORD", "S3_SECRET_KEY", "KAFKA_STREAM_PASSWORD"}, proc.cmdline()[:2]
 
 
 def checkpoint_batches(p: Pipeline, what: str) -> set[int]:

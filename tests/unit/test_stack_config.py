@@ -84,7 +84,15 @@ def test_kafka_listens_on_loopback_with_kraft_roles(settings):
     props = dict(line.split("=", 1) for line in kafka_properties(settings).splitlines()
                  if line and not line.startswith("#"))
     assert props["process.roles"] == "broker,controller"
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["listeners"] == ("CLIENT://127.0.0.1:9092,INTERNAL://127.0.0.1:9094,"
+                                  "CONTROLLER://127.0.0.1:9093")
+    # every listener authenticates, and ACLs decide the rest
+    assert set(props["listener.security.protocol.map"].split(",")) == {
+        "CLIENT:SASL_PLAINTEXT", "INTERNAL:SASL_PLAINTEXT", "CONTROLLER:SASL_PLAINTEXT"}
+    assert props["listener.name.client.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:broker;User:iot-admin"
     assert props["auto.create.topics.enable"] == "false"
     assert props["offsets.topic.replication.factor"] == "1"
 
@@ -245,7 +253,9 @@ def test_make_up_with_a_broken_env_file_exits_2_naming_the_variable_and_line(tmp
 def test_a_job_started_by_airflow_gets_only_the_pipelines_secrets():
     from orchestration.operators import job_environment
 
-    environ = {"PATH": "/usr/bin", "IOT_ENV_FILE": "/stack/run/jobs.env", "SPARK_CONF_DIR": "/c",
+    environ = {"PATH": "/usr/bin", "IOT_ENV_FILE": "/stack/run/airflow-config.env",
+               "IOT_JOB_ENV_FILE": "/stack/run/jobs-config.env", "SPARK_CONF_DIR": "/c",
+               "KAFKA_STREAM_PASSWORD": "ks", "KAFKA_ADMIN_PASSWORD": "ka", "KAFKA_PRODUCER_PASSWORD": "kp",
                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://airflow:pw@h/airflow",
                "AIRFLOW__CORE__FERNET_KEY": "f", "AIRFLOW__API_AUTH__JWT_SECRET": "j",
                "AIRFLOW__API__SECRET_KEY": "a", "AIRFLOW_CONN_IOT_POSTGRES": "{}", "AIRFLOW_HOME": "/h",
@@ -253,8 +263,9 @@ def test_a_job_started_by_airflow_gets_only_the_pipelines_secrets():
                "PIPELINE_DB_PASSWORD": "p", "S3_SECRET_KEY": "s",
                "POSTGRES_SUPERUSER_PASSWORD": "su", "MINIO_ROOT_PASSWORD": "root", "BI_DB_PASSWORD": "bi",
                "SUPERSET_SECRET_KEY": "ss"}
-    assert job_environment(environ) == {"PATH": "/usr/bin", "IOT_ENV_FILE": "/stack/run/jobs.env",
-                                        "SPARK_CONF_DIR": "/c", "PIPELINE_DB_PASSWORD": "p", "S3_SECRET_KEY": "s"}
+    assert job_environment(environ) == {"PATH": "/usr/bin", "IOT_ENV_FILE": "/stack/run/jobs-config.env",
+                                        "SPARK_CONF_DIR": "/c", "PIPELINE_DB_PASSWORD": "p", "S3_SECRET_KEY": "s",
+                                        "KAFKA_STREAM_PASSWORD": "ks"}
 
 
 def test_each_component_reads_an_env_file_with_only_its_own_secrets(settings):
@@ -265,16 +276,22 @@ def test_each_component_reads_an_env_file_with_only_its_own_secrets(settings):
     env = Env({**parse_env_file(REPO / ".env.example"), "PIPELINE_DB_PASSWORD": values["pg_writer_password"],
                "S3_SECRET_KEY": values["s3_secret_key"], "POSTGRES_SUPERUSER_PASSWORD": "su",
                "MINIO_ROOT_PASSWORD": "root", "BI_DB_PASSWORD": "bi", "SUPERSET_SECRET_KEY": "ss",
-               "SUPERSET_ADMIN_PASSWORD": "sa", "AIRFLOW_FERNET_KEY": "f", "KAFKA_TOPIC": "t"})
+               "SUPERSET_ADMIN_PASSWORD": "sa", "AIRFLOW_FERNET_KEY": "f", "KAFKA_TOPIC": "t",
+               "KAFKA_STREAM_PASSWORD": "ks", "KAFKA_ADMIN_PASSWORD": "ka", "KAFKA_PRODUCER_PASSWORD": "kp",
+               "KAFKA_BROKER_PASSWORD": "kb"})
     settings.run_dir.mkdir(parents=True)
     write_scoped_env_files(settings, env)
     held = {scope: {k for k, v in parse_env_file(scoped_env_file(settings, scope)).items()
-                    if k in GENERATED_SECRETS and v} for scope in ("jobs", "producer", "superset")}
-    assert held == {"jobs": {"PIPELINE_DB_PASSWORD", "S3_SECRET_KEY"}, "producer": set(),
+                    if k in GENERATED_SECRETS and v} for scope in ("jobs", "airflow", "producer", "superset")}
+    assert held == {"jobs": {"PIPELINE_DB_PASSWORD", "S3_SECRET_KEY", "KAFKA_STREAM_PASSWORD"},
+                    "airflow": {"PIPELINE_DB_PASSWORD", "S3_SECRET_KEY", "KAFKA_STREAM_PASSWORD",
+                                "KAFKA_ADMIN_PASSWORD"},
+                    "producer": {"KAFKA_PRODUCER_PASSWORD"},
                     "superset": {"BI_DB_PASSWORD", "SUPERSET_SECRET_KEY", "SUPERSET_ADMIN_PASSWORD"}}
     assert parse_env_file(scoped_env_file(settings, "jobs"))["KAFKA_TOPIC"] == "t"  # settings pass through
     assert oct(scoped_env_file(settings, "jobs").stat().st_mode & 0o777) == "0o600"
-    assert airflow_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "jobs"))
+    assert airflow_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "airflow"))
+    assert airflow_env(settings)["IOT_JOB_ENV_FILE"] == str(scoped_env_file(settings, "jobs"))
     assert pipeline_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "producer"))
     assert superset_env(settings)["IOT_ENV_FILE"] == str(scoped_env_file(settings, "superset"))
 
@@ -287,9 +304,9 @@ def test_a_program_restarts_when_its_config_files_change(settings):
         return {part.split("]")[0]: part for part in conf.split("[program:")[1:]}
 
     settings.run_dir.mkdir(parents=True)
-    (settings.run_dir / "jobs-config.env").write_text("A=1\n")
+    (settings.run_dir / "airflow-config.env").write_text("A=1\n")
     before = sections()
-    (settings.run_dir / "jobs-config.env").write_text("A=2\n")
+    (settings.run_dir / "airflow-config.env").write_text("A=2\n")
     after = sections()
     assert {name for name in before if before[name] != after[name]} == {
         "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}

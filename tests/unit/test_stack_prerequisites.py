@@ -46,7 +46,7 @@ def test_taken_port_is_named_with_its_variable(tmp_path):
         values = parse_env_file(env_file) | {"STACK_HOME": str(tmp_path / "h"), "KAFKA_PORT": str(port),
                                              "POSTGRES_PORT": "1", "MINIO_PORT": "2",
                                              "MINIO_CONSOLE_PORT": "3", "AIRFLOW_PORT": "4",
-                                             "KAFKA_CONTROLLER_PORT": "5"}
+                                             "KAFKA_CONTROLLER_PORT": "5", "KAFKA_INTERNAL_PORT": "6"}
         settings = load_settings(Env(values))
         with pytest.raises(install.MissingPrerequisite,
                            match=rf"port {port} on 127\.0\.0\.1 \(for kafka\) is already in use.*KAFKA_PORT"):

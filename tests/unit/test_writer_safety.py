@@ -100,6 +100,7 @@ def test_the_stream_cli_refuses_some_names_before_starting_spark(capsys, monkeyp
 
     monkeypatch.setenv("IOT_ENV_FILE", str(tmp_path / "none.env"))
     monkeypatch.setenv("PIPELINE_DB_PASSWORD", "unused")
+    monkeypatch.setenv("KAFKA_STREAM_PASSWORD", "unused")
     with pytest.raises(SystemExit) as exited:
         main(["--bronze-path", "s3a://lakehouse/tests/mine/bronze", "--pg-schema", "mine"])
     assert exited.value.code == 2
@@ -183,7 +184,8 @@ def test_a_stack_initialised_before_the_record_counts_every_secret_as_used(tmp_p
     home = tmp_path / "home"
     assert secrets_in_use(home) == set()
     (home / "run").mkdir(parents=True)
-    assert secrets_in_use(home) == set(GENERATED_SECRETS)
+    assert secrets_in_use(home) == set(GENERATED_SECRETS) - {"KAFKA_BROKER_PASSWORD", "KAFKA_ADMIN_PASSWORD",
+                                                             "KAFKA_PRODUCER_PASSWORD", "KAFKA_STREAM_PASSWORD"}
 
 
 def test_a_short_jwt_secret_is_rotated_to_64_bytes(tmp_path):
