@@ -204,61 +204,12 @@ def kafka_ready(s: StackSettings) -> bool:
         admin.close()
 
 
-def kafka_acls(s: StackSettings) -> list:
-    """Return the ACLs of the pipeline's Kafka principals (the admin is a super user):
-    the producer writes the pipeline's topic; the stream reads it and the ad hoc topics
-    (KAFKA_ADHOC_TOPIC_PREFIX) and uses its consumer groups."""
-    from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePattern, ResourceType
-
-    from common.kafka import STREAM_GROUP_PREFIX
-
-    topic = ResourcePattern(ResourceType.TOPIC, s.kafka_topic, ACLResourcePatternType.LITERAL)
-    adhoc = ResourcePattern(ResourceType.TOPIC, s.kafka_adhoc_topic_prefix, ACLResourcePatternType.PREFIXED)
-    groups = ResourcePattern(ResourceType.GROUP, STREAM_GROUP_PREFIX, ACLResourcePatternType.PREFIXED)
-    producer, stream = s.kafka_users["producer"][0], s.kafka_users["stream"][0]
-
-    def allow(user: str, operation, resource) -> ACL:
-        return ACL(f"User:{user}", "*", operation, ACLPermissionType.ALLOW, resource)
-
-    return [allow(producer, ACLOperation.WRITE, topic), allow(producer, ACLOperation.DESCRIBE, topic),
-            allow(stream, ACLOperation.READ, topic), allow(stream, ACLOperation.DESCRIBE, topic),
-            allow(stream, ACLOperation.READ, adhoc), allow(stream, ACLOperation.DESCRIBE, adhoc),
-            allow(stream, ACLOperation.READ, groups)]
-
-
-# The broker stamps each record with its own clock (LogAppendTime): a producer's clock cannot
-# steer the "event_time not in the future" rule, which compares event_time with that stamp.
-PIPELINE_TOPIC_CONFIGS = {"cleanup.policy": "delete", "message.timestamp.type": "LogAppendTime"}
-
-
 def init_kafka(s: StackSettings) -> bool:
-    """Create (or update the passwords of) the SCRAM users, their ACLs, and the pipeline topic
-    with explicit partitions, retention and broker timestamps; return True if the topic was
-    created. Runs as the broker's principal on its internal listener (idempotent)."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic, ScramMechanism, UserScramCredentialUpsertion
+    """Create (or update the passwords of) the SCRAM users, their ACLs, and the pipeline topic;
+    return True if the topic was created (stack/kafka_admin.py)."""
+    from stack.kafka_admin import ensure
 
-    admin = KafkaAdminClient(**s.kafka_broker_kwargs(), client_id="stack-init")
-    try:
-        errors = admin.alter_user_scram_credentials([
-            UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, password, iterations=8192)
-            for user, password in s.kafka_users.values()])
-        if failed := {user: error for user, error in errors.items() if error}:
-            raise RuntimeError(f"creating Kafka's SCRAM users failed: {failed}")
-        if failed := admin.create_acls(kafka_acls(s))["failed"]:
-            raise RuntimeError(f"creating Kafka's ACLs failed: {failed}")
-        if s.kafka_topic in admin.list_topics():
-            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, s.kafka_topic,
-                                                configs=PIPELINE_TOPIC_CONFIGS)])
-            return False
-        retention_ms = str(s.kafka_retention_hours * 3600 * 1000)
-        admin.create_topics([NewTopic(
-            s.kafka_topic, num_partitions=s.kafka_partitions, replication_factor=1,
-            topic_configs={"retention.ms": retention_ms, **PIPELINE_TOPIC_CONFIGS},
-        )])
-        return True
-    finally:
-        admin.close()
+    return ensure(s.kafka_setup())
 
 
 # ---- MinIO ---------------------------------------------------------------------------------

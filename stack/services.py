@@ -14,7 +14,8 @@ from pathlib import Path
 
 from common.env import SCOPED_SECRETS, Env, parse_env_file, scoped
 from jobs.spark_conf import lakehouse_spark_conf, render_spark_defaults
-from stack.settings import KAFKA_BROKER_USER, StackSettings
+from stack.kafka_admin import BROKER_USER as KAFKA_BROKER_USER
+from stack.settings import StackSettings
 
 
 @dataclass(frozen=True)

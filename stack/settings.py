@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.env import GENERATED_SECRETS, REPO_ROOT, SECRETS_BEFORE_RECORD, Env, parse_env_file
 from common.kafka import ROLES, KafkaLogin
+from stack.kafka_admin import KafkaSetup
 
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 ENV_FILE = REPO_ROOT / ".env"
@@ -19,7 +20,6 @@ ENV_FILE = REPO_ROOT / ".env"
 # Secrets that may be replaced in an existing `.env` without losing anything: a new JWT
 # secret only signs new tokens (HS512 wants at least 64 bytes; older stacks had 40).
 ROTATABLE_MIN_LENGTH = {"AIRFLOW_JWT_SECRET": 64}
-KAFKA_BROKER_USER = "broker"
 # Where `make up` records which generated secrets the stack's data was initialised with.
 SECRETS_IN_USE = "secrets-in-use"
 
@@ -202,12 +202,16 @@ class StackSettings:
         user, password = self.kafka_users[role]
         return KafkaLogin(self.kafka_bootstrap, user, password)
 
+    def kafka_setup(self) -> KafkaSetup:
+        """Return what `make up` sets up in Kafka, through the broker's internal listener."""
+        return KafkaSetup(bootstrap=f"127.0.0.1:{self.kafka_internal_port}", broker_password=self.kafka_broker_password,
+                          users=self.kafka_users, topic=self.kafka_topic, partitions=self.kafka_partitions,
+                          retention_hours=self.kafka_retention_hours, adhoc_prefix=self.kafka_adhoc_topic_prefix)
+
     def kafka_broker_kwargs(self) -> dict[str, str]:
         """Return kafka-python keywords for the broker's own principal on its internal
         listener (SASL/PLAIN): the super user `make up` creates users and ACLs with."""
-        return {"bootstrap_servers": f"127.0.0.1:{self.kafka_internal_port}", "security_protocol": "SASL_PLAINTEXT",
-                "sasl_mechanism": "PLAIN", "sasl_plain_username": KAFKA_BROKER_USER,
-                "sasl_plain_password": self.kafka_broker_password}
+        return self.kafka_setup().broker_kwargs()
 
     # ---- derived paths -------------------------------------------------------------
     @property
