@@ -130,6 +130,12 @@ class Env:
         self._values = dict(values)
         self._origins = dict(origins or {})
 
+    @classmethod
+    def from_file(cls, env_file: Path) -> Env:
+        """Return `env_file` overlaid with the process environment (the environment wins),
+        whatever IOT_ENV_FILE says."""
+        return cls(*_load(env_file))
+
     def where(self, name: str) -> str:
         """Return where `name` is set, for error messages (".env:12", "the environment")."""
         return self._origins.get(name, "the environment")

@@ -13,11 +13,12 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
-from common.env import ConfigError, MissingSetting
+from common.env import ConfigError, Env, MissingSetting
 from stack import install, manager
 from stack.probes import NotReady
-from stack.settings import SecretLost, ensure_env_file, load_settings
+from stack.settings import ENV_FILE, SecretLost, ensure_env_file, load_settings
 
 log = logging.getLogger("stackctl")
 
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
+    parser.add_argument("--env-file", type=Path, default=ENV_FILE, metavar="PATH",
+                        help=f"the stack's configuration (default {ENV_FILE}); IOT_ENV_FILE plays no part here")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("up", help="install what is missing, start every service, probe, initialise")
     sub.add_parser("down", help="stop every service and supervisord; data is kept")
@@ -60,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "up":
-            for name in ensure_env_file():
-                log.info("generated %s into .env", name)
-        settings = load_settings()
+            for name in ensure_env_file(args.env_file):
+                log.info("generated %s into %s", name, args.env_file)
+        settings = load_settings(Env.from_file(args.env_file))
         if args.command == "up":
             timings = manager.up(settings)
             log.info("stack is up in %.1fs (%s)", timings["total"],

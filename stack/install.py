@@ -74,7 +74,8 @@ def fetch_jars(settings: StackSettings) -> bool:
         if dest.exists():
             shutil.rmtree(dest)
         subprocess.run(
-            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+            # --strict-checksums: a download whose checksum is missing or wrong fails the build
+            [mvn, "-q", "-B", "--strict-checksums", "-f", str(pom), "dependency:copy-dependencies",
              f"-DoutputDirectory={dest}", "-DincludeScope=runtime"],
             check=True,
         )

@@ -339,7 +339,8 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
         "MINIO_ROOT_PASSWORD": s.minio_root_password,
         "MINIO_BROWSER": "on",
     }))
-    write_scoped_env_files(s, Env())
+    config = s.config or Env()
+    write_scoped_env_files(s, config)
     write_private(s.run_dir / "airflow.env", _quote_env(airflow_env(s)))
     write_private(s.run_dir / "pipeline.env", _quote_env(pipeline_env(s)))
     write_private(s.run_dir / "superset.env", _quote_env(superset_env(s)))
@@ -347,7 +348,7 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
     write_private(
         s.airflow_home / "passwords.json", json.dumps({s.airflow_admin_user: s.airflow_admin_password})
     )
-    spark_env = Env({**Env().as_dict(), "PYSPARK_PYTHON": str(s.venv / "bin" / "python")})
+    spark_env = Env({**config.as_dict(), "PYSPARK_PYTHON": str(s.venv / "bin" / "python")})
     write_spark_conf_dir(s.spark_conf_dir, spark_env)
     write_private(s.run_dir / "supervisord.conf", supervisord_conf(s, java, pg_bindir))
 

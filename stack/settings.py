@@ -7,7 +7,7 @@ import hashlib
 import os
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.env import GENERATED_SECRETS, REPO_ROOT, SECRETS_BEFORE_RECORD, Env, parse_env_file
@@ -80,15 +80,14 @@ def record_secrets_in_use(home: Path, names: set[str]) -> None:
     write_env_atomically(home / SECRETS_IN_USE, "".join(f"{n}\n" for n in sorted(secrets_in_use(home) | names)))
 
 
-def ensure_env_file(env_file: Path | None = None, example: Path = ENV_EXAMPLE, home: Path | None = None) -> list[str]:
+def ensure_env_file(env_file: Path = ENV_FILE, example: Path = ENV_EXAMPLE, home: Path | None = None) -> list[str]:
     """Create `.env` from `.env.example` with random secrets, or add to an existing one the
-    generated secrets it lacks; return the names of the variables written. The file is
-    IOT_ENV_FILE when set, else the repository's .env.
+    generated secrets it lacks; return the names of the variables written. (IOT_ENV_FILE
+    plays no part: it names the file a component reads, one of the stack's scoped copies.)
 
     Refuses (SecretLost) to generate a secret the stack in `home` was initialised with: a new
     PostgreSQL or Superset secret would lock `make up` out of the existing data. The file is
     created and rewritten only through write_env_atomically (mode 600, renamed into place)."""
-    env_file = env_file or Path(os.environ.get("IOT_ENV_FILE", str(ENV_FILE)))
     written: list[str] = []
     if not env_file.exists():
         out = []
@@ -195,6 +194,7 @@ class StackSettings:
     superset_admin_password: str
     superset_secret_key: str
     unpause_dags: tuple[str, ...] = ("iot_stream", "iot_aggregates", "iot_retention")
+    config: Env | None = field(default=None, repr=False, compare=False)  # what it was built from
 
     # ---- Kafka logins ----------------------------------------------------------------
     def kafka_login(self, role: str) -> KafkaLogin:
@@ -343,6 +343,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         superset_admin_user=env.get("SUPERSET_ADMIN_USER", "admin"),
         superset_admin_password=env.require("SUPERSET_ADMIN_PASSWORD", "run `make up` to generate it"),
         superset_secret_key=env.require("SUPERSET_SECRET_KEY", "run `make up` to generate it"),
+        config=env,
         unpause_dags=tuple(d.strip() for d in env.get("AIRFLOW_UNPAUSE_DAGS",
                                                       "iot_stream,iot_aggregates,iot_retention").split(",")
                            if d.strip()),

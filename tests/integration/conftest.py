@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
@@ -23,10 +22,6 @@ def stack() -> StackSettings:
     states = {row["service"]: row["state"] for row in manager.status(settings)}
     if any(states.get(name) != "RUNNING" for name in REQUIRED):
         subprocess.run([str(REPO_ROOT / "stack" / "bin" / "stackctl"), "up"], check=True)
-    # Tests write topics of their own, which only the admin may write (the pipeline's producer
-    # principal writes KAFKA_TOPIC only: test_kafka_acls.py): the producers they start, in this
-    # process or as children, log in as the admin.
-    os.environ["KAFKA_PRODUCER_USER"], os.environ["KAFKA_PRODUCER_PASSWORD"] = settings.kafka_users["admin"]
     return settings
 
 

@@ -179,11 +179,20 @@ def expected_from_seed(count: int, seed: int, sensors: int, bad_rate: float) -> 
     return Expected(total=count, valid_ids=valid_ids, duplicates=kinds["duplicate_event_id"])
 
 
+def producer_env(stack: StackSettings) -> dict[str, str]:
+    """Return the environment of a producer a test starts: tests write topics of their own,
+    which only the admin may write (the pipeline's producer principal writes KAFKA_TOPIC only,
+    test_kafka_acls.py), so it logs in as the admin."""
+    user, password = stack.kafka_users["admin"]
+    return {**os.environ, "KAFKA_PRODUCER_USER": user, "KAFKA_PRODUCER_PASSWORD": password}
+
+
 def start_producer(pipeline: Pipeline, log_path: Path, *args: str) -> subprocess.Popen:
     """Start the producer CLI in the background on the pipeline's topic."""
     return subprocess.Popen(
         [str(REPO / "stack" / "bin" / "stackctl"), "python", "-m", "producer", "--topic", pipeline.topic,
-         "--no-progress", *args], stdout=subprocess.DEVNULL, stderr=log_path.open("ab"))
+         "--no-progress", *args], stdout=subprocess.DEVNULL, stderr=log_path.open("ab"),
+        env=producer_env(pipeline.stack))
 
 
 def send_stamped(pipeline: Pipeline, stamped: list[tuple[bytes, bytes, float]]) -> None:

@@ -141,7 +141,8 @@ def test_a_window_with_no_bronze_table_or_no_rows_fails_and_keeps_the_aggregates
                                           (h + timedelta(hours=1)).isoformat(), "--lateness-hours", "0",
                                           "--bronze-path", p.path("bronze-typo"), "--pg-schema", p.schema),
                             capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1, result.stderr[-4000:]
-    assert "Nothing was replaced" in result.stderr
+    output = result.stdout + result.stderr  # spark-submit hands the driver's stderr to stdout
+    assert result.returncode == 1, output[-4000:]
+    assert "Nothing was replaced" in output
     assert table(p, "sensor_readings_hourly_city") == before
     assert p.query("select count(*) from {schema}.aggregate_runs") == [(0,)]

@@ -14,6 +14,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
 from stack.probes import wait_for
+from tests.integration.pipeline_kit import producer_env
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +85,8 @@ def test_n_produced_exactly_n_consumed_keyed_and_gap_free(stack, make_topic):
     topic = make_topic(6)
     n = 6000
     result = subprocess.run(producer_cmd(stack, topic, "--count", str(n), "--rate", "0", "--seed", "21",
-                                         "--sensors", "40"), capture_output=True, text=True, timeout=300)
+                                         "--sensors", "40"), capture_output=True, text=True, timeout=300,
+                            env=producer_env(stack))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(result.stderr)
     assert (summary["sent"], summary["acked"], summary["failed"]) == (n, n, 0)
@@ -108,7 +110,8 @@ def test_n_produced_exactly_n_consumed_keyed_and_gap_free(stack, make_topic):
 def test_bad_events_reach_kafka_counted_by_category(stack, make_topic):
     topic = make_topic(3)
     result = subprocess.run(producer_cmd(stack, topic, "--count", "2000", "--rate", "0", "--seed", "5",
-                                         "--bad-rate", "0.2"), capture_output=True, text=True, timeout=300)
+                                         "--bad-rate", "0.2"), capture_output=True, text=True, timeout=300,
+                            env=producer_env(stack))
     assert result.returncode == 0, result.stderr[-3000:]
     summary = summary_of(result.stderr)
     records = consume_all(stack, topic)
@@ -128,7 +131,7 @@ def _decodes(value: bytes) -> bool:
 def test_sigterm_mid_run_flushes_and_loses_no_acknowledged_event(stack, make_topic):
     topic = make_topic(6)
     proc = subprocess.Popen(producer_cmd(stack, topic, "--rate", "3000", "--seed", "8"),
-                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                            stderr=subprocess.PIPE, text=True, env=producer_env(stack))
     try:
         wait_for("3000 events on the topic", lambda: sum(end_offsets(stack, topic).values()) >= 3000, 60)
         proc.send_signal(signal.SIGTERM)
@@ -152,7 +155,7 @@ def test_failed_deliveries_make_the_process_exit_non_zero(stack, make_topic):
     result = subprocess.run(producer_cmd(stack, topic, "--count", "50", "--rate", "0", "--seed", "1",
                                          "--bad-rate", "1", "--bad-categories", "oversized",
                                          "--compression", "none", "--linger-ms", "0"),
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=producer_env(stack))
     assert result.returncode == 1, result.stderr[-3000:]
     summary = summary_of(result.stderr)
     assert summary["acked"] == 0
@@ -165,6 +168,17 @@ def test_failed_deliveries_make_the_process_exit_non_zero(stack, make_topic):
 def test_missing_topic_is_named(stack, unique_name):
     topic = unique_name("absent")
     result = subprocess.run(producer_cmd(stack, topic, "--count", "1"), capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, env=producer_env(stack))
     assert result.returncode == 2
     assert f"topic '{topic}' has no metadata" in result.stderr
+
+
+def test_the_pipeline_producer_may_not_write_another_topic(stack, make_topic):
+    """As itself (not the tests' admin login), the producer is refused any topic but KAFKA_TOPIC,
+    with a message that says so and exit 2."""
+    topic = make_topic(1)
+    result = subprocess.run(producer_cmd(stack, topic, "--count", "1"), capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "KAFKA_PRODUCER_USER": stack.kafka_users["producer"][0],
+                                              "KAFKA_PRODUCER_PASSWORD": stack.kafka_users["producer"][1]})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"'iot-producer' may not write topic '{topic}'" in result.stderr

@@ -242,8 +242,8 @@ def test_make_up_with_a_broken_env_file_exits_2_naming_the_variable_and_line(tmp
     n = len(text.splitlines()) + 1
     env_file.write_text(text + line + "\n")
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_PORT", "_USER")) and k != "STACK_HOME"}
-    result = subprocess.run([sys.executable, "-m", "stack", "up"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120, env={**env, "IOT_ENV_FILE": str(env_file)})
+    result = subprocess.run([sys.executable, "-m", "stack", "--env-file", str(env_file), "up"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == "stackctl up: " + message.format(env=env_file, n=n)
     assert "Traceback" not in result.stderr
