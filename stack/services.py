@@ -208,6 +208,14 @@ def kafka_java_command(s: StackSettings, java: str, main: list[str]) -> list[str
 
 # ---- Airflow -------------------------------------------------------------------------------
 
+def path_with(first: Path) -> str:
+    """Return PATH with `first` in front, once: the same whoever runs `make up` (stackctl puts the
+    venv in front of its children's PATH already), so a second `make up` renders the same
+    files and restarts nothing."""
+    entries = [e for e in os.environ.get("PATH", "/usr/bin:/bin").split(":") if e and e != str(first)]
+    return ":".join([str(first), *dict.fromkeys(entries)])
+
+
 def scoped_env_file(s: StackSettings, scope: str) -> Path:
     """Return the env file of a component: .env's variables less the secrets it may not hold."""
     return s.run_dir / f"{scope}-config.env"  # not <scope>.env: supervisord's program env files
@@ -229,7 +237,7 @@ def base_env(s: StackSettings) -> dict[str, str]:
     """Return what every process of the stack needs: the venv, the repo, the pipeline jobs'
     env file (no secret but the pipeline's own), Spark's config."""
     return {
-        "PATH": f"{s.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PATH": path_with(s.venv / "bin"),
         "PYTHONPATH": str(s.repo),
         "IOT_ENV_FILE": str(scoped_env_file(s, "jobs")),
         "SPARK_CONF_DIR": str(s.spark_conf_dir),
@@ -314,7 +322,7 @@ ROW_LIMIT = 10000
 def superset_env(s: StackSettings) -> dict[str, str]:
     """Return the environment of Superset's server, CLI and provisioner (Superset's own venv)."""
     return {
-        "PATH": f"{s.superset_venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PATH": path_with(s.superset_venv / "bin"),
         "PYTHONPATH": str(s.repo),
         "IOT_ENV_FILE": str(scoped_env_file(s, "superset")),
         "SUPERSET_CONFIG_PATH": str(s.run_dir / "superset_config.py"),

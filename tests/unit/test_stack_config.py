@@ -310,3 +310,12 @@ def test_a_program_restarts_when_its_config_files_change(settings):
     after = sections()
     assert {name for name in before if before[name] != after[name]} == {
         "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+
+
+def test_the_rendered_path_is_the_same_whoever_runs_make_up(settings, monkeypatch):
+    from stack.services import airflow_env
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    plain = airflow_env(settings)["PATH"]
+    monkeypatch.setenv("PATH", f"{settings.venv / 'bin'}:{settings.venv / 'bin'}:/usr/bin:/bin:/usr/bin")
+    assert airflow_env(settings)["PATH"] == plain == f"{settings.venv / 'bin'}:/usr/bin:/bin"
