@@ -142,7 +142,10 @@ def build_superset_venv(settings: StackSettings) -> bool:
         shutil.rmtree(venv)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-    subprocess.run([*pip, "install", "--quiet", "--progress-bar", "off", "-r",
+    # by the hashes in the lock files (stack/lock.py): a file that differs from what was locked fails
+    subprocess.run([*pip, "install", "--quiet", "--require-hashes", "-r",
+                    str(settings.repo / "stack" / "pip.lock")], check=True)
+    subprocess.run([*pip, "install", "--quiet", "--progress-bar", "off", "--require-hashes", "-r",
                     str(settings.repo / "stack" / "superset" / "requirements.lock")], check=True)
     (venv / ".complete").touch()
     return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -319,3 +320,38 @@ def test_the_rendered_path_is_the_same_whoever_runs_make_up(settings, monkeypatc
     plain = airflow_env(settings)["PATH"]
     monkeypatch.setenv("PATH", f"{settings.venv / 'bin'}:{settings.venv / 'bin'}:/usr/bin:/bin:/usr/bin")
     assert airflow_env(settings)["PATH"] == plain == f"{settings.venv / 'bin'}:/usr/bin:/bin"
+
+
+@pytest.mark.parametrize("lock", ["requirements.lock", "stack/superset/requirements.lock", "stack/pip.lock"])
+def test_every_locked_package_is_pinned_to_its_hashes(lock):
+    """pip installs these with --require-hashes: one pin without a hash, and the install fails."""
+    text = (REPO / lock).read_text()
+    requirements = [r.strip() for r in text.replace("\\\n", " ").splitlines() if r.strip() and not r.startswith("#")]
+    assert requirements
+    for requirement in requirements:
+        name, _, rest = requirement.partition(" ")
+        assert "==" in name, requirement
+        assert rest.split(), name
+        assert all(h.startswith("--hash=sha256:") and len(h) == 78 for h in rest.split()), name
+
+
+def test_pip_and_every_package_install_by_hash_never_the_latest():
+    sources = {path: (REPO / path).read_text() for path in ("stack/bin/stackctl", "stack/install.py",
+                                                             "docker/Dockerfile", "Makefile")}
+    for path, text in sources.items():
+        assert "--upgrade pip" not in text, path
+        assert "-U pip" not in text, path
+        installs = [line for line in text.splitlines() if re.search(r'\binstall\b.*(\s-r\s|"-r")', line)]
+        assert installs, path
+        assert all("--require-hashes" in line for line in installs), path
+
+
+def test_stack_lock_reads_versions_from_wheel_and_sdist_names():
+    from stack.lock import canonical, file_version
+
+    assert file_version("apache_airflow-3.3.2-py3-none-any.whl") == "3.3.2"
+    assert file_version("psycopg2_binary-2.9.10-cp311-cp311-manylinux_2_17_x86_64.whl") == "2.9.10"
+    assert file_version("Faker-38.2.0.tar.gz") == "38.2.0"
+    assert file_version("zope.interface-7.2.zip") == "7.2"
+    assert file_version("README.md") is None
+    assert canonical("Flask_Caching") == canonical("flask.caching") == "flask-caching"
