@@ -1,17 +1,20 @@
-"""Faults: kill -9 of the driver while the producer runs, and PostgreSQL stopped mid-stream.
-Nothing may be lost or duplicated. Bounded in count and time; every target is on loopback."""
+"""Faults: kill -9 of the driver while the producer runs, PostgreSQL stopped mid-stream, the
+object store stopped for 60 s mid-stream, the Kafka broker SIGKILLed three times while the
+producer sends. Nothing acknowledged may be lost or duplicated. Bounded in count and time;
+every target is on loopback."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 
 import pytest
 
 from stack import manager
-from stack.init import pg_ready
-from stack.probes import wait_for
+from stack.init import kafka_ready, pg_ready
+from stack.probes import http_ok, wait_for
 from tests.integration.pipeline_kit import Pipeline, expected_from_seed, start_producer
 
 pytestmark = pytest.mark.integration
@@ -124,6 +127,99 @@ def test_postgres_outage_fails_loudly_and_recovers_exactly(stack, lake, pipeline
     assert producer.wait(timeout=240) == 0, producer_log.read_text()[-3000:]
 
     result = p.run_once()  # the restart a supervisor would do
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_exact(p, lake, count)
+
+
+def records_in_topic(p: Pipeline) -> int:
+    """Return how many records the pipeline's topic holds (the sum of its end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**p.stack.kafka_login("admin").client_kwargs(), request_timeout_ms=10_000)
+    try:
+        ends = consumer.end_offsets([TopicPartition(p.topic, i) for i in range(p.partitions)])
+        return sum(ends.values())
+    finally:
+        consumer.close()
+
+
+def grows_by(p: Pipeline, records: int):
+    """Return a condition: the topic holds `records` more than now (the producer's own clock)."""
+    target = records_in_topic(p) + records
+    return lambda: records_in_topic(p) >= target
+
+
+def stop_producer(producer: subprocess.Popen, log_path) -> int:
+    """SIGTERM the producer; return how many records Kafka acknowledged, all it sent."""
+    producer.send_signal(signal.SIGTERM)
+    assert producer.wait(timeout=180) == 0, log_path.read_text()[-3000:]
+    summary = producer_summary(log_path)
+    assert summary["acked"] == summary["sent"], summary  # every record acknowledged, none failed
+    return summary["acked"]
+
+
+RATE = 150  # events/s of the fault tests' producer
+
+
+@pytest.mark.timeout(1200)
+def test_object_store_stopped_for_60_s_loses_and_duplicates_nothing(stack, lake, pipeline, tmp_path):
+    p = pipeline
+    producer_log = tmp_path / "producer.log"
+    producer = start_producer(p, producer_log, "--rate", str(RATE), "--seed", str(SEED),
+                              "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
+    sup = manager.Supervisor(stack)
+    minio_ready = f"http://127.0.0.1:{stack.minio_port}/minio/health/ready"
+    driver_log = tmp_path / "driver.log"
+    driver = p.start(driver_log, "--trigger-seconds", "1")
+    try:
+        wait_for("two committed batches", lambda: p.health_batches() >= 2, 480)
+        sup.stop("minio")
+        try:
+            # down while the producer sends 60 s of records (its pacing is the clock)
+            wait_for("60 s of records sent while the object store is down", grows_by(p, RATE * 60), 240)
+            assert not http_ok(minio_ready)
+        finally:
+            sup.start("minio")
+            wait_for("MinIO back", lambda: http_ok(minio_ready), 120)
+        wait_for("10 s more of records", grows_by(p, RATE * 10), 120)
+        count = stop_producer(producer, producer_log)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+        if driver.poll() is None:
+            Pipeline.stop(driver)  # a driver that rode out the outage stops cleanly
+    result = p.run_once()  # what a supervisor does: restart from the checkpoint, drain
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_exact(p, lake, count)
+
+
+@pytest.mark.timeout(1200)
+def test_broker_sigkilled_three_times_while_the_producer_sends(stack, lake, pipeline, tmp_path):
+    p = pipeline
+    producer_log = tmp_path / "producer.log"
+    producer = start_producer(p, producer_log, "--rate", str(RATE), "--seed", str(SEED),
+                              "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
+    sup = manager.Supervisor(stack)
+    driver = p.start(tmp_path / "driver.log", "--trigger-seconds", "1")
+    killed = []
+    try:
+        wait_for("a committed batch", lambda: p.health_batches() >= 1, 480)
+        for _ in range(3):
+            wait_for("10 s of records", grows_by(p, RATE * 10), 240)
+            pid = sup.info("kafka")["pid"]
+            os.kill(pid, signal.SIGKILL)  # supervisord restarts it (autorestart)
+            killed.append(pid)
+            wait_for("the broker restarted", lambda k=pid: sup.info("kafka")["pid"] not in (0, k), 120)
+            wait_for("the broker to answer", lambda: kafka_ready(stack), 180)
+        wait_for("10 s more of records", grows_by(p, RATE * 10), 240)
+        count = stop_producer(producer, producer_log)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+        if driver.poll() is None:
+            Pipeline.stop(driver)
+    assert len(set(killed)) == 3
+    result = p.run_once()
     assert result.returncode == 0, result.stderr[-4000:]
     assert_exact(p, lake, count)
 

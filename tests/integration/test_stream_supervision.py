@@ -162,3 +162,91 @@ def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pip
     health = p.health_totals()
     assert (health["rows_in"], health["inserted"], health["duplicates"]) == (
         count, len(expected.valid_ids), expected.duplicates)
+
+
+@pytest.mark.timeout(1500)
+def test_postgres_stopped_30_s_under_the_airflow_supervised_stream(stack, lake, pipeline, tmp_path):
+    """PostgreSQL holds the curated rows and Airflow's metadata: both go away for 30 s while the
+    Airflow-supervised stream runs and the producer sends. Airflow brings the stream back by
+    itself, and every acknowledged record lands exactly once."""
+    import os
+    import subprocess
+
+    from stack import manager
+    from stack.init import pg_ready
+    from stack.probes import airflow_health, port_open
+
+    p = pipeline
+    api = airflow_api(stack)
+    sup = manager.Supervisor(stack)
+    producer_log = tmp_path / "producer.log"
+    rate = 100
+    producer = start_producer(p, producer_log, "--rate", str(rate), "--seed", str(SEED), "--sensors", str(SENSORS),
+                              "--bad-rate", str(BAD_RATE))
+    conf = {"topic": p.topic, "pg_schema": p.schema, "checkpoint": p.path("checkpoint"),
+            "bronze_path": p.path("bronze"), "quarantine_path": p.path("quarantine"), "query_name": p.name}
+    api.set_paused(DAG_ID, False)
+    try:
+        run_id = api.trigger(DAG_ID, conf)
+        wait_for("the first committed batches", lambda: p.health_batches() >= 2, 300)
+        sent_before = topic_records(p)
+        sup.stop("postgres")
+        try:
+            # down while the producer sends 30 s of records (its pacing is the clock)
+            wait_for("30 s of records sent while PostgreSQL is down",
+                     lambda: topic_records(p) >= sent_before + rate * 30, 180)
+            assert not port_open("127.0.0.1", stack.pg_port)
+        finally:
+            sup.start("postgres")
+            wait_for("PostgreSQL back", lambda: pg_ready(stack), 120)
+        batches = p.health_batches()
+        wait_for("Airflow healthy again", lambda: all(
+            airflow_health(f"http://127.0.0.1:{stack.airflow_port}").get(c) == "healthy"
+            for c in ("metadatabase", "scheduler", "dag_processor", "triggerer")), 300)
+        wait_for("the supervised stream to commit batches again", lambda: p.health_batches() >= batches + 2, 600)
+        assert [ti["state"] for ti in api.task_instances(DAG_ID, run_id)] == ["running"]
+
+        producer.send_signal(signal.SIGTERM)
+        assert producer.wait(timeout=180) == 0, producer_log.read_text()[-3000:]
+        summary = json.loads(next(x for x in producer_log.read_text().splitlines()
+                                  if x.startswith("PRODUCER_SUMMARY ")).removeprefix("PRODUCER_SUMMARY "))
+        count = summary["acked"]
+        assert count == summary["sent"]
+        wait_for("the stream to drain the topic", lambda: p.health_totals()["rows_in"] >= count, 600)
+        assert api.stop_running(DAG_ID) == [run_id]
+        running = drivers_of(p)
+        wait_for("the driver to stop by itself", lambda: not any(proc.is_running() for proc in running), 180)
+    finally:
+        api.set_paused(DAG_ID, True)
+        if producer.poll() is None:
+            producer.kill()
+        api.stop_running(DAG_ID)
+        for proc in drivers_of(p):
+            proc.kill()
+        states = {r["service"]: r["state"] for r in manager.status(stack)}
+        if any(state != "RUNNING" for state in states.values()):  # a component gave up meanwhile
+            subprocess.run([str(stack.repo / "stack" / "bin" / "stackctl"), "up"], check=True, capture_output=True,
+                           timeout=600, env=os.environ.copy())
+
+    expected = expected_from_seed(count, SEED, SENSORS, BAD_RATE)
+    curated = p.curated_ids()
+    assert len(curated) == len(expected.valid_ids)
+    assert set(curated) == expected.valid_ids
+    bronze = lake.read.format("delta").load(p.path("bronze"))
+    assert bronze.count() == count
+    assert bronze.select("partition", "offset").distinct().count() == count
+    health = p.health_totals()
+    assert (health["rows_in"], health["inserted"], health["duplicates"]) == (
+        count, len(expected.valid_ids), expected.duplicates)
+
+
+def topic_records(p: Pipeline) -> int:
+    """Return how many records the test's topic holds (the sum of its end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**p.stack.kafka_login("admin").client_kwargs(), request_timeout_ms=10_000)
+    try:
+        return sum(consumer.end_offsets([TopicPartition(p.topic, i) for i in range(p.partitions)]).values())
+    finally:
+        consumer.close()
+
