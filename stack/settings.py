@@ -20,6 +20,8 @@ ENV_FILE = REPO_ROOT / ".env"
 # Secrets that may be replaced in an existing `.env` without losing anything: a new JWT
 # secret only signs new tokens (HS512 wants at least 64 bytes; older stacks had 40).
 ROTATABLE_MIN_LENGTH = {"AIRFLOW_JWT_SECRET": 64}
+# As root, PostgreSQL's clusters live here, one folder per stack (stack_id).
+PG_ROOT_DATA = Path("/var/lib/iot-lakehouse")
 # Where `make up` records which generated secrets the stack's data was initialised with.
 SECRETS_IN_USE = "secrets-in-use"
 
@@ -63,6 +65,25 @@ def stack_home_for(env_file: Path) -> Path:
     configured = os.environ.get("STACK_HOME") or (parse_env_file(env_file).get("STACK_HOME") if env_file.is_file()
                                                    else None)
     return Path(configured or str(env_file.parent / ".stack")).expanduser().resolve()
+
+
+def stack_id(home: Path) -> str:
+    """Return the random id of the stack in `home`, made on first use and kept in the home.
+
+    It names the stack's folder outside its home (PostgreSQL's cluster as root). A folder named
+    after the home's path would be found again by a new clone at the same path (CI clones into
+    the same folder) and hand it a cluster made with another clone's passwords. A stack made by
+    an older version, which named that folder after the path, adopts it."""
+    record = home / "stack-id"
+    if record.is_file():
+        return record.read_text(encoding="utf-8").strip()
+    by_path = hashlib.sha256(str(home).encode()).hexdigest()[:12]
+    initialised = (home / "run").is_dir()
+    value = by_path if initialised and (PG_ROOT_DATA / by_path / "postgres" / "PG_VERSION").exists() \
+        else secrets.token_hex(6)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_env_atomically(record, value + "\n")
+    return value
 
 
 def secrets_in_use(home: Path) -> set[str]:
@@ -261,13 +282,12 @@ class StackSettings:
 
         PostgreSQL refuses to run as root, so as root it runs as the `postgres` user, which
         cannot enter the stack's home (private to root, 0700): then its data lives under
-        /var/lib. A cluster made inside a world-traversable home before the home was private
-        stays where it is.
+        /var/lib/iot-lakehouse/<this stack's id>. A cluster made inside a world-traversable home
+        before the home was private stays where it is.
         """
         inside = self.home / "postgres" / "data"
         if os.geteuid() == 0 and not (inside / "PG_VERSION").exists():
-            digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:12]
-            return Path("/var/lib/iot-lakehouse") / digest / "postgres"
+            return PG_ROOT_DATA / stack_id(self.home) / "postgres"
         return inside
 
     @property

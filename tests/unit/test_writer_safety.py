@@ -220,3 +220,27 @@ def test_env_file_is_never_readable_by_others_even_while_written(tmp_path, monke
         os.umask(old)
     assert modes == [0o600]
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+
+
+def test_each_stack_has_its_own_postgres_folder_even_at_a_reused_path(tmp_path, monkeypatch):
+    """As root the cluster lives outside the home. Named after the home's path, a new clone at
+    the same path (CI reuses its folder) found the old clone's cluster and its passwords."""
+    import hashlib
+    import shutil
+
+    from stack import settings as stack_settings
+
+    monkeypatch.setattr(stack_settings, "PG_ROOT_DATA", tmp_path / "var-lib")
+    home = tmp_path / "clone" / ".stack"
+    first = stack_settings.stack_id(home)
+    assert stack_settings.stack_id(home) == first  # stable
+    shutil.rmtree(tmp_path / "clone")  # the clone is deleted; its cluster stays behind
+    (tmp_path / "var-lib" / first / "postgres").mkdir(parents=True)
+    assert stack_settings.stack_id(home) != first  # a new clone at the same path: a new cluster
+    # a stack made by the older version, which named the folder after the path, keeps its cluster
+    older = tmp_path / "older" / ".stack"
+    (older / "run").mkdir(parents=True)
+    by_path = hashlib.sha256(str(older).encode()).hexdigest()[:12]
+    (tmp_path / "var-lib" / by_path / "postgres").mkdir(parents=True)
+    (tmp_path / "var-lib" / by_path / "postgres" / "PG_VERSION").write_text("15\n")
+    assert stack_settings.stack_id(older) == by_path
