@@ -4,6 +4,7 @@ derived from what the producer sent."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -185,6 +186,54 @@ def producer_env(stack: StackSettings) -> dict[str, str]:
     test_kafka_acls.py), so it logs in as the admin."""
     user, password = stack.kafka_users["admin"]
     return {**os.environ, "KAFKA_PRODUCER_USER": user, "KAFKA_PRODUCER_PASSWORD": password}
+
+
+def producer_summary(log_path: Path) -> dict:
+    """Return the producer's PRODUCER_SUMMARY line (its counts) from its log."""
+    line = next(x for x in log_path.read_text().splitlines() if x.startswith("PRODUCER_SUMMARY "))
+    return json.loads(line.removeprefix("PRODUCER_SUMMARY "))
+
+
+def stop_producer(producer: subprocess.Popen, log_path: Path) -> int:
+    """SIGTERM the producer; return how many records Kafka acknowledged, asserting it
+    acknowledged every one it sent."""
+    producer.send_signal(signal.SIGTERM)
+    assert producer.wait(timeout=180) == 0, log_path.read_text()[-3000:]
+    summary = producer_summary(log_path)
+    assert summary["acked"] == summary["sent"], summary
+    return summary["acked"]
+
+
+def topic_records(pipeline: Pipeline) -> int:
+    """Return how many records the pipeline's topic holds (the sum of its end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**pipeline.stack.kafka_login("admin").client_kwargs(), request_timeout_ms=10_000)
+    try:
+        ends = consumer.end_offsets([TopicPartition(pipeline.topic, i) for i in range(pipeline.partitions)])
+        return sum(ends.values())
+    finally:
+        consumer.close()
+
+
+def assert_landed_exactly(p: Pipeline, lake, count: int, seed: int, sensors: int, bad_rate: float) -> None:
+    """The first `count` records of the seeded producer landed exactly once: every record in
+    bronze, every valid one in curated, every bad one in quarantine, and the health rows add
+    up (bronze = curated + quarantine + duplicates). Nothing lost, nothing duplicated."""
+    expected = expected_from_seed(count, seed, sensors, bad_rate)
+    bad = count - len(expected.valid_ids) - expected.duplicates
+    curated = p.curated_ids()
+    assert len(curated) == len(expected.valid_ids)
+    assert set(curated) == expected.valid_ids
+    bronze = lake.read.format("delta").load(p.path("bronze"))
+    assert bronze.count() == count
+    assert bronze.select("partition", "offset").distinct().count() == count
+    quarantine = lake.read.format("delta").load(p.path("quarantine"))
+    assert quarantine.count() == bad
+    assert quarantine.select("partition", "offset").distinct().count() == bad
+    health = p.health_totals()
+    assert (health["rows_in"], health["inserted"], health["duplicates"], health["quarantined"]) == (
+        count, len(expected.valid_ids), expected.duplicates, bad)
 
 
 def start_producer(pipeline: Pipeline, log_path: Path, *args: str) -> subprocess.Popen:

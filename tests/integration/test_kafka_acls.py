@@ -67,7 +67,8 @@ def produce(login, topic: str) -> None:
 
 def test_unauthenticated_and_wrong_password_clients_are_refused(stack):
     for kwargs in ({"bootstrap_servers": stack.kafka_bootstrap},  # no SASL at all
-                   dataclasses.replace(stack.kafka_login("producer"), password="not-it").client_kwargs(),
+                   dataclasses.replace(stack.kafka_login("producer"),  # its own password, reversed
+                                       password=stack.kafka_users["producer"][1][::-1]).client_kwargs(),
                    # the broker's PLAIN login is for its internal and controller listeners only
                    {**stack.kafka_broker_kwargs(), "bootstrap_servers": stack.kafka_bootstrap},
                    # and SCRAM users cannot use those

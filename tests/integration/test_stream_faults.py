@@ -5,7 +5,6 @@ every target is on loopback."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,14 @@ import pytest
 from stack import manager
 from stack.init import kafka_ready, pg_ready
 from stack.probes import http_ok, wait_for
-from tests.integration.pipeline_kit import Pipeline, expected_from_seed, start_producer
+from tests.integration.pipeline_kit import (
+    Pipeline,
+    assert_landed_exactly,
+    producer_summary,
+    start_producer,
+    stop_producer,
+    topic_records,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,30 +33,6 @@ def pipeline(stack):
     p = Pipeline(stack).create()
     yield p
     p.destroy()
-
-
-def producer_summary(log_path) -> dict:
-    line = next(x for x in log_path.read_text().splitlines() if x.startswith("PRODUCER_SUMMARY "))
-    return json.loads(line.removeprefix("PRODUCER_SUMMARY "))
-
-
-def assert_exact(p: Pipeline, lake, count: int) -> None:
-    """Every record once in bronze, every valid one once in curated, every bad one once in
-    quarantine, and the health rows add up: nothing lost, nothing duplicated."""
-    expected = expected_from_seed(count, SEED, SENSORS, BAD_RATE)
-    bad = count - len(expected.valid_ids) - expected.duplicates
-    curated = p.curated_ids()
-    assert len(curated) == len(expected.valid_ids)
-    assert set(curated) == expected.valid_ids
-    bronze = lake.read.format("delta").load(p.path("bronze"))
-    assert bronze.count() == count
-    assert bronze.select("partition", "offset").distinct().count() == count
-    quarantine = lake.read.format("delta").load(p.path("quarantine"))
-    assert quarantine.count() == bad
-    assert quarantine.select("partition", "offset").distinct().count() == bad
-    health = p.health_totals()
-    assert (health["rows_in"], health["inserted"], health["duplicates"], health["quarantined"]) == (
-        count, len(expected.valid_ids), expected.duplicates, bad)
 
 
 # Five driver starts and a final drain: about 6 minutes on an idle machine, more while the
@@ -96,7 +78,7 @@ def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack, lake, pipeline
 
     result = p.run_once()  # restart once more and drain
     assert result.returncode == 0, result.stderr[-4000:]
-    assert_exact(p, lake, count)
+    assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
 
 
 @pytest.mark.timeout(1200)
@@ -128,34 +110,13 @@ def test_postgres_outage_fails_loudly_and_recovers_exactly(stack, lake, pipeline
 
     result = p.run_once()  # the restart a supervisor would do
     assert result.returncode == 0, result.stderr[-4000:]
-    assert_exact(p, lake, count)
-
-
-def records_in_topic(p: Pipeline) -> int:
-    """Return how many records the pipeline's topic holds (the sum of its end offsets)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**p.stack.kafka_login("admin").client_kwargs(), request_timeout_ms=10_000)
-    try:
-        ends = consumer.end_offsets([TopicPartition(p.topic, i) for i in range(p.partitions)])
-        return sum(ends.values())
-    finally:
-        consumer.close()
+    assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
 
 
 def grows_by(p: Pipeline, records: int):
     """Return a condition: the topic holds `records` more than now (the producer's own clock)."""
-    target = records_in_topic(p) + records
-    return lambda: records_in_topic(p) >= target
-
-
-def stop_producer(producer: subprocess.Popen, log_path) -> int:
-    """SIGTERM the producer; return how many records Kafka acknowledged, all it sent."""
-    producer.send_signal(signal.SIGTERM)
-    assert producer.wait(timeout=180) == 0, log_path.read_text()[-3000:]
-    summary = producer_summary(log_path)
-    assert summary["acked"] == summary["sent"], summary  # every record acknowledged, none failed
-    return summary["acked"]
+    target = topic_records(p) + records
+    return lambda: topic_records(p) >= target
 
 
 RATE = 150  # events/s of the fault tests' producer
@@ -190,7 +151,7 @@ def test_object_store_stopped_for_60_s_loses_and_duplicates_nothing(stack, lake,
             Pipeline.stop(driver)  # a driver that rode out the outage stops cleanly
     result = p.run_once()  # what a supervisor does: restart from the checkpoint, drain
     assert result.returncode == 0, result.stderr[-4000:]
-    assert_exact(p, lake, count)
+    assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
 
 
 @pytest.mark.timeout(1200)
@@ -221,7 +182,7 @@ def test_broker_sigkilled_three_times_while_the_producer_sends(stack, lake, pipe
     assert len(set(killed)) == 3
     result = p.run_once()
     assert result.returncode == 0, result.stderr[-4000:]
-    assert_exact(p, lake, count)
+    assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
 
 
 @pytest.fixture(autouse=True)

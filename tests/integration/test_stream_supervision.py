@@ -20,7 +20,14 @@ import pytest
 
 from stack.manager import airflow_api
 from stack.probes import wait_for
-from tests.integration.pipeline_kit import Pipeline, expected_from_seed, start_producer
+from tests.integration.pipeline_kit import (
+    Pipeline,
+    assert_landed_exactly,
+    expected_from_seed,
+    start_producer,
+    stop_producer,
+    topic_records,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -206,12 +213,7 @@ def test_postgres_stopped_30_s_under_the_airflow_supervised_stream(stack, lake, 
         wait_for("the supervised stream to commit batches again", lambda: p.health_batches() >= batches + 2, 600)
         assert [ti["state"] for ti in api.task_instances(DAG_ID, run_id)] == ["running"]
 
-        producer.send_signal(signal.SIGTERM)
-        assert producer.wait(timeout=180) == 0, producer_log.read_text()[-3000:]
-        summary = json.loads(next(x for x in producer_log.read_text().splitlines()
-                                  if x.startswith("PRODUCER_SUMMARY ")).removeprefix("PRODUCER_SUMMARY "))
-        count = summary["acked"]
-        assert count == summary["sent"]
+        count = stop_producer(producer, producer_log)
         wait_for("the stream to drain the topic", lambda: p.health_totals()["rows_in"] >= count, 600)
         assert api.stop_running(DAG_ID) == [run_id]
         running = drivers_of(p)
@@ -228,25 +230,5 @@ def test_postgres_stopped_30_s_under_the_airflow_supervised_stream(stack, lake, 
             subprocess.run([str(stack.repo / "stack" / "bin" / "stackctl"), "up"], check=True, capture_output=True,
                            timeout=600, env=os.environ.copy())
 
-    expected = expected_from_seed(count, SEED, SENSORS, BAD_RATE)
-    curated = p.curated_ids()
-    assert len(curated) == len(expected.valid_ids)
-    assert set(curated) == expected.valid_ids
-    bronze = lake.read.format("delta").load(p.path("bronze"))
-    assert bronze.count() == count
-    assert bronze.select("partition", "offset").distinct().count() == count
-    health = p.health_totals()
-    assert (health["rows_in"], health["inserted"], health["duplicates"]) == (
-        count, len(expected.valid_ids), expected.duplicates)
-
-
-def topic_records(p: Pipeline) -> int:
-    """Return how many records the test's topic holds (the sum of its end offsets)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**p.stack.kafka_login("admin").client_kwargs(), request_timeout_ms=10_000)
-    try:
-        return sum(consumer.end_offsets([TopicPartition(p.topic, i) for i in range(p.partitions)]).values())
-    finally:
-        consumer.close()
+    assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
 
