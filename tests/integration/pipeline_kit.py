@@ -188,6 +188,17 @@ def producer_env(stack: StackSettings) -> dict[str, str]:
     return {**os.environ, "KAFKA_PRODUCER_USER": user, "KAFKA_PRODUCER_PASSWORD": password}
 
 
+def restore_stack(stack: StackSettings) -> None:
+    """Bring the stack back after a fault test: a service it stopped, or a program that gave up
+    (FATAL) while a dependency was away, is started again by `stackctl up`."""
+    from stack import manager
+
+    states = {r["service"]: r["state"] for r in manager.status(stack)}
+    if any(state != "RUNNING" for state in states.values()):
+        subprocess.run([str(stack.repo / "stack" / "bin" / "stackctl"), "up"], check=True, capture_output=True,
+                       timeout=600)
+
+
 def producer_summary(log_path: Path) -> dict:
     """Return the producer's PRODUCER_SUMMARY line (its counts) from its log."""
     line = next(x for x in log_path.read_text().splitlines() if x.startswith("PRODUCER_SUMMARY "))

@@ -18,6 +18,7 @@ from tests.integration.pipeline_kit import (
     Pipeline,
     assert_landed_exactly,
     producer_summary,
+    restore_stack,
     start_producer,
     stop_producer,
     topic_records,
@@ -189,7 +190,4 @@ def test_broker_sigkilled_three_times_while_the_producer_sends(stack, lake, pipe
 def _restore_stack(stack):
     """A fault test may leave a service stopped or a program FATAL: bring the stack back."""
     yield
-    states = {r["service"]: r["state"] for r in manager.status(stack)}
-    if any(state != "RUNNING" for state in states.values()):
-        subprocess.run([str(stack.repo / "stack" / "bin" / "stackctl"), "up"], check=True,
-                       capture_output=True, timeout=600)
+    restore_stack(stack)

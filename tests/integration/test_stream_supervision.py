@@ -24,6 +24,7 @@ from tests.integration.pipeline_kit import (
     Pipeline,
     assert_landed_exactly,
     expected_from_seed,
+    restore_stack,
     start_producer,
     stop_producer,
     topic_records,
@@ -87,6 +88,25 @@ def assert_job_gets_only_what_it_needs(stack, drivers: list[psutil.Process]) -> 
         assert held == {"PIPELINE_DB_PASSWORD", "S3_SECRET_KEY", "KAFKA_STREAM_PASSWORD"}, proc.cmdline()[:2]
 
 
+def stop_run_cleanly(api, p: Pipeline, run_id: str, count: int, drain_timeout: float) -> None:
+    """Wait until the stream has read `count` records, then "mark success" on the running task,
+    as from the UI: the driver finishes its batch and exits by itself."""
+    wait_for("the stream to drain the topic", lambda: p.health_totals()["rows_in"] >= count, drain_timeout)
+    assert api.stop_running(DAG_ID) == [run_id]
+    running = drivers_of(p)
+    wait_for("the driver to stop by itself", lambda: not any(proc.is_running() for proc in running), 180)
+
+
+def tear_down_run(api, p: Pipeline, producer) -> None:
+    """Pause the DAG and end whatever of the run is left: the producer, the task, its drivers."""
+    api.set_paused(DAG_ID, True)
+    if producer.poll() is None:
+        producer.kill()
+    api.stop_running(DAG_ID)
+    for proc in drivers_of(p):
+        proc.kill()
+
+
 def checkpoint_batches(p: Pipeline, what: str) -> set[int]:
     """Batch ids with a file in the checkpoint's offsets/ or commits/ folder."""
     prefix = f"{p.prefix}/checkpoint/{what}/"
@@ -136,19 +156,9 @@ def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pip
         summary = json.loads(next(x for x in producer_log.read_text().splitlines()
                                   if x.startswith("PRODUCER_SUMMARY ")).removeprefix("PRODUCER_SUMMARY "))
         count = summary["acked"]
-        wait_for("the stream to drain the topic", lambda: p.health_totals()["rows_in"] >= count, 300)
-
-        # "Mark success" on the running task, as from the UI: the driver finishes its batch and exits
-        assert api.stop_running(DAG_ID) == [run_id]
-        second = drivers_of(p)
-        wait_for("the driver to stop by itself", lambda: not any(proc.is_running() for proc in second), 180)
+        stop_run_cleanly(api, p, run_id, count, 300)
     finally:
-        api.set_paused(DAG_ID, True)
-        if producer.poll() is None:
-            producer.kill()
-        api.stop_running(DAG_ID)
-        for proc in drivers_of(p):
-            proc.kill()
+        tear_down_run(api, p, producer)
 
     # a clean stop: no sink wrote a batch the checkpoint has not committed, and at most the
     # next batch is planned (Spark runs it on the next start; nothing of it was written)
@@ -176,9 +186,6 @@ def test_postgres_stopped_30_s_under_the_airflow_supervised_stream(stack, lake, 
     """PostgreSQL holds the curated rows and Airflow's metadata: both go away for 30 s while the
     Airflow-supervised stream runs and the producer sends. Airflow brings the stream back by
     itself, and every acknowledged record lands exactly once."""
-    import os
-    import subprocess
-
     from stack import manager
     from stack.init import pg_ready
     from stack.probes import airflow_health, port_open
@@ -214,21 +221,10 @@ def test_postgres_stopped_30_s_under_the_airflow_supervised_stream(stack, lake, 
         assert [ti["state"] for ti in api.task_instances(DAG_ID, run_id)] == ["running"]
 
         count = stop_producer(producer, producer_log)
-        wait_for("the stream to drain the topic", lambda: p.health_totals()["rows_in"] >= count, 600)
-        assert api.stop_running(DAG_ID) == [run_id]
-        running = drivers_of(p)
-        wait_for("the driver to stop by itself", lambda: not any(proc.is_running() for proc in running), 180)
+        stop_run_cleanly(api, p, run_id, count, 600)
     finally:
-        api.set_paused(DAG_ID, True)
-        if producer.poll() is None:
-            producer.kill()
-        api.stop_running(DAG_ID)
-        for proc in drivers_of(p):
-            proc.kill()
-        states = {r["service"]: r["state"] for r in manager.status(stack)}
-        if any(state != "RUNNING" for state in states.values()):  # a component gave up meanwhile
-            subprocess.run([str(stack.repo / "stack" / "bin" / "stackctl"), "up"], check=True, capture_output=True,
-                           timeout=600, env=os.environ.copy())
+        tear_down_run(api, p, producer)
+        restore_stack(stack)  # an Airflow component may have given up while PostgreSQL was away
 
     assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
 
