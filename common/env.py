@@ -14,6 +14,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# As root, the download cache (venvs, jars, Go binaries): outside /root, which the stack's
+# unprivileged service user cannot enter (stack/service_user.py).
+ROOT_CACHE_DIR = Path("/var/cache/iot-lakehouse")
+
+
+def default_cache_dir() -> Path:
+    """Return the download cache when IOT_CACHE_DIR does not name one: ~/.cache/iot-lakehouse
+    (or under XDG_CACHE_HOME), and /var/cache/iot-lakehouse as root."""
+    if os.geteuid() == 0:
+        return ROOT_CACHE_DIR
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "iot-lakehouse"
 
 # Variables `make up` (and `make env`) fill with random values on first run. The first ones
 # were there before `make up` recorded which secrets a stack was made with (stack/settings.py).

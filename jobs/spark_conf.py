@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from common.env import Env
+from common.env import Env, default_cache_dir
 
 # Config keys that carry secrets: never written to a file.
 SECRET_KEYS = frozenset({"spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key"})
@@ -21,8 +21,7 @@ SECRET_KEYS = frozenset({"spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.
 
 def spark_jars_dir(env: Env) -> Path:
     """Return the folder of jars fetched by `make up` (stack/jars/spark/pom.xml)."""
-    default_cache = Path.home() / ".cache" / "iot-lakehouse"
-    cache = Path(env.get("IOT_CACHE_DIR", str(default_cache))).expanduser()
+    cache = Path(env.get("IOT_CACHE_DIR", str(default_cache_dir()))).expanduser()
     return Path(env.get("SPARK_JARS_DIR", str(cache / "jars" / "spark")))
 
 

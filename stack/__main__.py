@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show each service's state, port and URL, and where the logins are")
     sub.add_parser("clean", help="stop, then delete all local data (STACK_HOME); download caches stay")
     sub.add_parser("sql", help="apply sql/*.sql again (idempotent)")
+    sub.add_parser("spark-conf-dir", help="print the SPARK_CONF_DIR `make up` renders (stackctl spark-submit uses it)")
     args = parser.parse_args(argv)
     os.umask(0o077)  # everything the stack writes is private to its user (stackctl sets it too)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "clean":
             for path in manager.clean(settings):
                 print(f"deleted {path}")
+        elif args.command == "spark-conf-dir":
+            print(settings.spark_conf_dir)
         elif args.command == "sql":
             from stack.init import apply_sql
 

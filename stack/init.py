@@ -10,13 +10,25 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from stack.services import kafka_cluster_id, kafka_java_command
+from stack.service_user import ServiceUser, lookup
+from stack.services import kafka_java_command, new_kafka_cluster_id, write_state_file
 from stack.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------
+
+def run_as_service(s: StackSettings, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run `cmd` as the service user when root (stack/service_user.py), else as is."""
+    user: ServiceUser | None = lookup(s.service_user) if s.service_user else None
+    if user is None:
+        return subprocess.run(cmd, **kwargs)
+    env = kwargs.pop("env", None) or dict(os.environ)
+    # its own home, not root's (which it cannot enter)
+    env.update(HOME=str(s.state), USER=user.name, LOGNAME=user.name)
+    return user.run(cmd, env=env, **kwargs)
+
 
 def _as_postgres(cmd: list[str]) -> list[str]:
     # PostgreSQL refuses to run as root.
@@ -30,28 +42,20 @@ def init_postgres_cluster(s: StackSettings, bindir: Path) -> bool:
         return False
     data.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
+        # as root, /var/lib/iot-lakehouse/<id> is root's, 0711 (stack/deploy.py): `postgres`
+        # passes through it to its own folder
         shutil.chown(data, "postgres", "postgres")
-        shutil.chown(data.parent, "postgres", "postgres")
-        if not data.is_relative_to(s.home):
-            # /var/lib/iot-lakehouse, made under umask 077: `postgres` may pass through it
-            data.parent.parent.chmod(0o711)
     data.chmod(0o700)
-    with tempfile.NamedTemporaryFile("w", delete=False, dir=data.parent, prefix="pw") as fh:
-        fh.write(s.pg_superuser_password + "\n")
-    pwfile = Path(fh.name)
-    if os.geteuid() == 0:
-        shutil.chown(pwfile, "postgres", "postgres")
     try:
+        # the superuser's password through a pipe, never in a file or on a command line
         subprocess.run(
             _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", s.pg_superuser,
                           "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-                          f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"]),
-            check=True, capture_output=True, text=True,
+                          "--pwfile=/dev/stdin", "-E", "UTF8", "--locale=C.UTF-8"]),
+            check=True, capture_output=True, text=True, input=s.pg_superuser_password + "\n",
         )
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"initdb failed:\n{exc.stdout}\n{exc.stderr}") from None
-    finally:
-        pwfile.unlink()
     return True
 
 
@@ -180,13 +184,13 @@ def drop_pipeline_schema(s: StackSettings, schema: str) -> None:
 
 def format_kafka_storage(s: StackSettings, java: str) -> bool:
     """Format KRaft storage once (`kafka.tools.StorageTool format --standalone`)."""
-    data = s.home / "kafka" / "data"
+    data = s.state / "kafka" / "data"
     if (data / "meta.properties").exists():
         return False
     cmd = kafka_java_command(s, java, [
-        "kafka.tools.StorageTool", "format", "--standalone", "-t", kafka_cluster_id(s),
+        "kafka.tools.StorageTool", "format", "--standalone", "-t", new_kafka_cluster_id(),
         "-c", str(s.run_dir / "kafka-server.properties")])
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = run_as_service(s, cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
     return True
@@ -259,8 +263,8 @@ def migrate_airflow(s: StackSettings) -> None:
     """Run `airflow db migrate` (idempotent) with the components' environment."""
     from stack.services import airflow_env
 
-    result = subprocess.run([str(s.venv / "bin" / "airflow"), "db", "migrate"],
-                            env={**os.environ, **airflow_env(s)}, capture_output=True, text=True)
+    result = run_as_service(s, [str(s.venv / "bin" / "airflow"), "db", "migrate"],
+                            env={**os.environ, **airflow_env(s)}, capture_output=True, text=True, cwd=s.app)
     if result.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
@@ -270,8 +274,8 @@ def migrate_airflow(s: StackSettings) -> None:
 def _superset(s: StackSettings, *args: str) -> subprocess.CompletedProcess:
     from stack.services import superset_env
 
-    result = subprocess.run([str(s.superset_venv / "bin" / "superset"), *args],
-                            env={**os.environ, **superset_env(s)}, capture_output=True, text=True)
+    result = run_as_service(s, [str(s.superset_venv / "bin" / "superset"), *args],
+                            env={**os.environ, **superset_env(s)}, capture_output=True, text=True, cwd=s.app)
     if result.returncode != 0:
         raise RuntimeError(f"superset {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
@@ -285,7 +289,7 @@ def init_superset(s: StackSettings) -> bool:
     """
     import hashlib
 
-    from stack.services import superset_env, write_private
+    from stack.services import superset_env
 
     lock = (s.repo / "stack" / "superset" / "requirements.lock").read_bytes()
     digest = hashlib.sha256(lock + f"\0{s.superset_admin_user}\0{s.superset_admin_password}".encode()).hexdigest()
@@ -296,13 +300,13 @@ def init_superset(s: StackSettings) -> bool:
     _superset(s, "db", "upgrade")
     _superset(s, "init")
     # the admin's password through the environment, never on a command line
-    result = subprocess.run([str(s.superset_venv / "bin" / "python"), "-m", "dashboards.superset_admin"],
+    result = run_as_service(s, [str(s.superset_venv / "bin" / "python"), "-m", "dashboards.superset_admin"],
                             env={**os.environ, **superset_env(s), "SUPERSET_ADMIN_USER": s.superset_admin_user,
                                  "SUPERSET_ADMIN_PASSWORD": s.superset_admin_password},
-                            capture_output=True, text=True, cwd=s.repo)
+                            capture_output=True, text=True, cwd=s.app)
     if result.returncode != 0:
         raise RuntimeError(f"creating Superset's admin failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    write_private(stamp, digest)
+    write_state_file(s, stamp, digest)
     return True
 
 
@@ -310,10 +314,10 @@ def provision_superset(s: StackSettings) -> str:
     """Provision the dashboard from dashboards/spec.yaml (idempotent); return its URL line."""
     from stack.services import superset_env
 
-    result = subprocess.run(
-        [str(s.superset_venv / "bin" / "python"), "-m", "dashboards.superset",
-         "--url", f"http://127.0.0.1:{s.superset_port}", "--wait", "60"],
-        env={**os.environ, **superset_env(s)}, capture_output=True, text=True, cwd=s.repo)
+    result = run_as_service(
+        s, [str(s.superset_venv / "bin" / "python"), "-m", "dashboards.superset",
+            "--url", f"http://127.0.0.1:{s.superset_port}", "--wait", "60"],
+        env={**os.environ, **superset_env(s)}, capture_output=True, text=True, cwd=s.app)
     if result.returncode != 0:
         raise RuntimeError(f"provisioning Superset failed:\n{result.stderr[-3000:]}")
     return result.stdout.strip()

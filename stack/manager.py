@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from stack import init, install
+from stack import deploy, init, install
 from stack.airflow_api import STREAM_DAGS, AirflowApi, AirflowApiError
 from stack.probes import NotReady, airflow_health, http_ok, port_open, wait_for
 from stack.services import (
@@ -153,9 +153,12 @@ def up(s: StackSettings) -> dict[str, float]:
     t0 = time.monotonic()
     java = install.check_java()
     pg_bindir = install.postgres_bindir()
-    install.fetch_jars(s)
-    install.build_go_binaries(s)
-    install.build_superset_venv(s)
+    installed = install.build_superset_venv(s)
+    installed |= install.fetch_jars(s) | install.build_go_binaries(s)
+    if s.service_user:
+        # as root, the services run as an unprivileged user (stack/deploy.py)
+        user = deploy.prepare(s)
+        deploy.share_cache(s, user, force=installed)
     timings["install"] = time.monotonic() - t0
 
     # from here on the stack's data is made with .env's secrets: a later `.env` that lacks one
@@ -247,7 +250,7 @@ def unpause_dags(s: StackSettings) -> None:
 
 def stream_driver_processes(s: StackSettings) -> list[psutil.Process]:
     """Return the processes (spark-submit JVMs and PySpark drivers) running this clone's stream."""
-    needle = str(s.repo / "jobs" / "stream.py")
+    needle = str(s.app / "jobs" / "stream.py")
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         if any(needle in part for part in (proc.info["cmdline"] or [])):
@@ -316,8 +319,8 @@ def clean(s: StackSettings) -> list[Path]:
     """Stop the stack and delete its data (STACK_HOME and PostgreSQL's data); keep caches."""
     down(s)
     targets = [s.home]
-    if not s.pg_data.is_relative_to(s.home):
-        targets.append(s.pg_data.parent)  # the /var/lib fallback used as root
+    if s.service_user or not s.pg_data.is_relative_to(s.home):
+        targets.insert(0, s.root_dir)  # as root: the services' state, code, configs and PostgreSQL
     removed = []
     for path in targets:
         if path.exists():

@@ -95,12 +95,24 @@ def make_private_tree(root: Path, traversable: tuple[Path, ...] = ()) -> int:
     return changed
 
 
-def make_home_private(s: StackSettings) -> int:
-    """make_private_tree of the stack's home; return how many entries were changed. As root,
-    PostgreSQL runs as `postgres`: a cluster made inside the home before it was private
-    (StackSettings.pg_data) keeps a way through to its data directory."""
-    legacy_pg = os.geteuid() == 0 and s.pg_data.is_relative_to(s.home)
-    return make_private_tree(s.home, traversable=(s.home, s.home / "postgres") if legacy_pg else ())
+def make_home_private(s: StackSettings, folders: tuple[Path, ...] = ()) -> int:
+    """Make `folders` (0700) and make_private_tree of the stack's home; return how many
+    entries were changed. As root, PostgreSQL runs as `postgres`: a cluster made inside the
+    home before it was private (StackSettings.pg_data) keeps a way through to its data
+    directory; and the services' state folder, which the service user owns, is walked by a
+    child running as that user (stack/service_user.py: root never writes where it owns)."""
+    if s.service_user:
+        from stack.service_user import lookup, prepare_state
+
+        user = lookup(s.service_user)
+        assert user is not None, "stack.deploy.prepare made it"
+        changed = prepare_state(user, s.app, s.state, list(folders))
+        legacy_pg = s.pg_data.is_relative_to(s.home)
+        changed += make_private_tree(s.home, traversable=(s.home, s.home / "postgres") if legacy_pg else ())
+        return changed + make_private_tree(s.log_dir)
+    for folder in folders:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return make_private_tree(s.home)
 
 
 # ---- Kafka ---------------------------------------------------------------------------------
@@ -141,7 +153,7 @@ sasl.mechanism.controller.protocol=PLAIN
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:{KAFKA_BROKER_USER};User:{admin_user}
 allow.everyone.if.no.acl.found=false
-log.dirs={s.home / "kafka" / "data"}
+log.dirs={s.state / "kafka" / "data"}
 num.partitions=1
 # Topics are created on purpose (by `make up` and by tests), never by a typo.
 auto.create.topics.enable=false
@@ -187,14 +199,10 @@ logger.controller.level = WARN
 """
 
 
-def kafka_cluster_id(s: StackSettings) -> str:
-    """Return the KRaft cluster id, creating it once (22 url-safe base64 chars of a UUID)."""
-    path = s.home / "kafka" / "cluster.id"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        path.write_text(raw)
-    return path.read_text().strip()
+def new_kafka_cluster_id() -> str:
+    """Return a new KRaft cluster id (22 url-safe base64 chars of a UUID). Storage is formatted
+    with it once; the broker reads it from its data folder's meta.properties after that."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def kafka_java_command(s: StackSettings, java: str, main: list[str]) -> list[str]:
@@ -213,6 +221,8 @@ def path_with(first: Path) -> str:
     venv in front of its children's PATH already), so a second `make up` renders the same
     files and restarts nothing."""
     entries = [e for e in os.environ.get("PATH", "/usr/bin:/bin").split(":") if e and e != str(first)]
+    if os.geteuid() == 0:  # the service user cannot enter root's home: no use searching it
+        entries = [e for e in entries if not Path(e).is_relative_to(Path.home())]
     return ":".join([str(first), *dict.fromkeys(entries)])
 
 
@@ -238,8 +248,10 @@ def base_env(s: StackSettings) -> dict[str, str]:
     env file (no secret but the pipeline's own), Spark's config."""
     return {
         "PATH": path_with(s.venv / "bin"),
-        "PYTHONPATH": str(s.repo),
+        "PYTHONPATH": str(s.app),
         "IOT_ENV_FILE": str(scoped_env_file(s, "jobs")),
+        # where the Spark jobs find their jars, whoever they run as (common/env.py)
+        "IOT_CACHE_DIR": str(s.cache_dir),
         "SPARK_CONF_DIR": str(s.spark_conf_dir),
         "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
         # Spark's web UI binds to SPARK_LOCAL_IP, else to every interface.
@@ -258,7 +270,12 @@ def airflow_env(s: StackSettings) -> dict[str, str]:
         "IOT_ENV_FILE": str(scoped_env_file(s, "airflow")),
         "IOT_JOB_ENV_FILE": str(scoped_env_file(s, "jobs")),
         "AIRFLOW_HOME": str(s.airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(s.repo / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(s.app / "dags"),
+        # airflow.cfg, written on the first start, holds absolute paths: the environment wins,
+        # so a home that moved (stack/deploy.py) keeps working
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(s.airflow_home / "plugins"),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(s.airflow_home / "logs"),
+        "AIRFLOW__LOGGING__DAG_PROCESSOR_CHILD_PROCESS_LOG_DIRECTORY": str(s.airflow_home / "logs" / "dag_processor"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # 32 idle workers cost ~1.1 GB; 4 suits 2 cores (VERSIONS.md).
@@ -323,7 +340,7 @@ def superset_env(s: StackSettings) -> dict[str, str]:
     """Return the environment of Superset's server, CLI and provisioner (Superset's own venv)."""
     return {
         "PATH": path_with(s.superset_venv / "bin"),
-        "PYTHONPATH": str(s.repo),
+        "PYTHONPATH": str(s.app),
         "IOT_ENV_FILE": str(scoped_env_file(s, "superset")),
         "SUPERSET_CONFIG_PATH": str(s.run_dir / "superset_config.py"),
         "SUPERSET_HOME": str(s.superset_home),
@@ -335,11 +352,12 @@ def superset_env(s: StackSettings) -> dict[str, str]:
 # ---- rendering -----------------------------------------------------------------------------
 
 def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
-    """Write every generated config of the stack under STACK_HOME/run (mode 600)."""
-    for d in (s.run_dir, s.log_dir, s.home / "kafka" / "data", s.home / "minio" / "data",
-              s.airflow_home, s.spark_conf_dir, s.superset_home):
+    """Write every generated config of the stack under its run folder (mode 600; as root
+    0640, root's, readable by the service group: the services read them, never change them)."""
+    for d in (s.run_dir, s.log_dir, s.spark_conf_dir):
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    make_home_private(s)
+    make_home_private(s, (s.state / "kafka" / "data", s.state / "minio" / "data", s.airflow_home,
+                          s.superset_home))
     write_private(s.run_dir / "kafka-server.properties", kafka_properties(s))
     write_private(s.run_dir / "kafka-log4j2.properties", KAFKA_LOG4J2)
     write_private(s.run_dir / "minio.env", _quote_env({
@@ -353,12 +371,31 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
     write_private(s.run_dir / "pipeline.env", _quote_env(pipeline_env(s)))
     write_private(s.run_dir / "superset.env", _quote_env(superset_env(s)))
     write_private(s.run_dir / "superset_config.py", SUPERSET_CONFIG)
-    write_private(
-        s.airflow_home / "passwords.json", json.dumps({s.airflow_admin_user: s.airflow_admin_password})
-    )
-    spark_env = Env({**config.as_dict(), "PYSPARK_PYTHON": str(s.venv / "bin" / "python")})
+    # Airflow's api-server opens it read-write: it lives in AIRFLOW_HOME, written as its owner
+    write_state_file(s, s.airflow_home / "passwords.json", json.dumps({s.airflow_admin_user: s.airflow_admin_password}))
+    spark_env = Env({**config.as_dict(), "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
+                     "IOT_CACHE_DIR": str(s.cache_dir)})
     write_spark_conf_dir(s.spark_conf_dir, spark_env)
     write_private(s.run_dir / "supervisord.conf", supervisord_conf(s, java, pg_bindir))
+    if s.service_user:
+        from stack.service_user import lookup, share_tree
+
+        user = lookup(s.service_user)
+        assert user is not None
+        share_tree(s.run_dir, user.gid)
+
+
+def write_state_file(s: StackSettings, path: Path, text: str) -> None:
+    """Write a file (mode 600) into the services' state folder: as root, as the service user,
+    who owns that folder (stack/service_user.py)."""
+    if not s.service_user:
+        write_private(path, text)
+        return
+    from stack.service_user import lookup, write_as
+
+    user = lookup(s.service_user)
+    assert user is not None
+    write_as(user, path, text)
 
 
 def write_spark_conf_dir(conf_dir: Path, env: Env) -> None:
@@ -382,8 +419,12 @@ def config_digest(folder: Path, names: tuple[str, ...]) -> str:
 def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
     """Return supervisord.conf: every service a program, none started automatically
     (`make up` starts them in dependency order and probes each)."""
-    with_env = s.repo / "stack" / "bin" / "with-env"
+    with_env = s.app / "stack" / "bin" / "with-env"
     as_root = os.geteuid() == 0
+    # As root, every program but PostgreSQL runs as the service user, with a home of its own.
+    as_service = {"user": s.service_user} if s.service_user else {}
+    service_env = (f',HOME="{s.state}",USER="{s.service_user}",LOGNAME="{s.service_user}"'
+                   if s.service_user else "")
     programs: dict[str, dict[str, str]] = {
         "postgres": {
             "command": " ".join([
@@ -400,14 +441,16 @@ def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
             "command": " ".join(shlex.quote(a) for a in kafka_java_command(
                 s, java, ["kafka.Kafka", str(s.run_dir / "kafka-server.properties")])),
             "stopwaitsecs": "60",
+            **as_service,
         },
         "minio": {
             "command": " ".join([
                 str(with_env), str(s.run_dir / "minio.env"), str(s.gobin / "minio"), "server",
                 "--quiet", "--address", f"127.0.0.1:{s.minio_port}",
                 "--console-address", f"127.0.0.1:{s.minio_console_port}",
-                str(s.home / "minio" / "data"),
+                str(s.state / "minio" / "data"),
             ]),
+            **as_service,
         },
     }
     # A fresh random fleet id on every start: a restarted producer must not reuse
@@ -418,12 +461,14 @@ def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
                    f"--bad-rate {s.producer_bad_rate:g} --stats-interval 60",
         "stopsignal": "TERM",
         "stopwaitsecs": "90",
+        **as_service,
     }
     programs["superset"] = {
         "command": f"{with_env} {s.run_dir / 'superset.env'} {s.superset_venv / 'bin' / 'gunicorn'} "
                    f"--workers 1 --threads 4 --timeout 120 --bind 127.0.0.1:{s.superset_port} "
                    "--access-logfile - superset.app:create_app()",
         "stopwaitsecs": "20",
+        **as_service,
     }
     airflow = f"{with_env} {s.run_dir / 'airflow.env'} {s.venv / 'bin' / 'airflow'}"
     # The scheduler's and triggerer's log servers bind every interface (Airflow hard-codes the
@@ -432,7 +477,7 @@ def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
     no_log_server = {"airflow-scheduler": " --skip-serve-logs", "airflow-triggerer": " --skip-serve-logs"}
     for prog in AIRFLOW_PROGRAMS:
         programs[prog] = {"command": f"{airflow} {prog.removeprefix('airflow-')}{no_log_server.get(prog, '')}",
-                          "stopwaitsecs": "30"}
+                          "stopwaitsecs": "30", **as_service}
 
     # A program restarts on `make up` when its config files change, not only its command line:
     # supervisord compares program sections, so each carries a digest of the files it reads.
@@ -446,7 +491,7 @@ def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
         **{prog: ("airflow.env", scoped("airflow"), scoped("jobs")) for prog in AIRFLOW_PROGRAMS},
     }
     for name, files in config_files.items():
-        programs[name]["environment"] = f'IOT_CONFIG_DIGEST="{config_digest(s.run_dir, files)}"'
+        programs[name]["environment"] = f'IOT_CONFIG_DIGEST="{config_digest(s.run_dir, files)}"{service_env}'
 
     sections = [
         "; Generated by `make up`; edits are overwritten.",
@@ -459,7 +504,7 @@ def supervisord_conf(s: StackSettings, java: str, pg_bindir: Path) -> str:
         f"pidfile={s.run_dir / 'supervisord.pid'}",
         "logfile_maxbytes=10MB",
         "logfile_backups=2",
-        f"directory={s.repo}",
+        f"directory={s.app}",
         "umask=077",
         *(["user=root"] if as_root else []),
         "",

@@ -10,9 +10,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.env import GENERATED_SECRETS, REPO_ROOT, SECRETS_BEFORE_RECORD, Env, parse_env_file
+from common.env import GENERATED_SECRETS, REPO_ROOT, SECRETS_BEFORE_RECORD, Env, default_cache_dir, parse_env_file
 from common.kafka import ROLES, KafkaLogin
 from stack.kafka_admin import KafkaSetup
+from stack.service_user import DEFAULT_SERVICE_USER
 
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 ENV_FILE = REPO_ROOT / ".env"
@@ -20,7 +21,8 @@ ENV_FILE = REPO_ROOT / ".env"
 # Secrets that may be replaced in an existing `.env` without losing anything: a new JWT
 # secret only signs new tokens (HS512 wants at least 64 bytes; older stacks had 40).
 ROTATABLE_MIN_LENGTH = {"AIRFLOW_JWT_SECRET": 64}
-# As root, PostgreSQL's clusters live here, one folder per stack (stack_id).
+# As root, each stack's services keep their data, code and configs here, one folder per stack
+# (stack_id): PostgreSQL's cluster and the service user's state (stack/service_user.py).
 PG_ROOT_DATA = Path("/var/lib/iot-lakehouse")
 # Where `make up` records which generated secrets the stack's data was initialised with.
 SECRETS_IN_USE = "secrets-in-use"
@@ -151,12 +153,6 @@ def _lost_message(env_file: Path, home: Path, lost: list[str]) -> str:
             "`make clean` then `make up`.")
 
 
-def default_cache_dir() -> Path:
-    """Return ~/.cache/iot-lakehouse (or under XDG_CACHE_HOME)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "iot-lakehouse"
-
-
 @dataclass(frozen=True)
 class StackSettings:
     """Everything the local stack needs to install, start, probe and initialise services."""
@@ -216,6 +212,9 @@ class StackSettings:
     superset_secret_key: str
     unpause_dags: tuple[str, ...] = ("iot_stream", "iot_aggregates", "iot_retention")
     config: Env | None = field(default=None, repr=False, compare=False)  # what it was built from
+    # As root, the unprivileged user every service but PostgreSQL runs as; None otherwise
+    # (then everything runs as whoever runs `make up`, from the clone and its .stack/).
+    service_user: str | None = None
 
     # ---- Kafka logins ----------------------------------------------------------------
     def kafka_login(self, role: str) -> KafkaLogin:
@@ -246,19 +245,38 @@ class StackSettings:
         return self.cache_dir / "gobin"
 
     @property
+    def root_dir(self) -> Path:
+        """Return the stack's folder under /var/lib/iot-lakehouse (used as root)."""
+        return PG_ROOT_DATA / stack_id(self.home)
+
+    @property
+    def state(self) -> Path:
+        """Return the folder the services write: Kafka's and MinIO's data, Airflow's and
+        Superset's homes. STACK_HOME itself, except as root: then a folder the service user
+        owns, outside the clone (which may lie under /root, where it cannot go)."""
+        return self.root_dir / "home" if self.service_user else self.home
+
+    @property
+    def app(self) -> Path:
+        """Return the code the services run: the clone, or as root a copy of it that `make up`
+        refreshes (root's, readable by the service user, stack/deploy.py)."""
+        return self.root_dir / "app" if self.service_user else self.repo
+
+    @property
     def run_dir(self) -> Path:
-        """Return the folder of generated configs, sockets and env files."""
-        return self.home / "run"
+        """Return the folder of generated configs, sockets and env files (as root: root's, the
+        service user may read it)."""
+        return self.root_dir / "run" if self.service_user else self.home / "run"
 
     @property
     def log_dir(self) -> Path:
-        """Return the folder of every service's log."""
-        return self.home / "logs"
+        """Return the folder of every service's log (supervisord writes them)."""
+        return self.root_dir / "logs" if self.service_user else self.home / "logs"
 
     @property
     def airflow_home(self) -> Path:
         """Return AIRFLOW_HOME."""
-        return self.home / "airflow"
+        return self.state / "airflow"
 
     @property
     def superset_venv(self) -> Path:
@@ -269,12 +287,12 @@ class StackSettings:
     @property
     def superset_home(self) -> Path:
         """Return Superset's data folder (its SQLite metadata database)."""
-        return self.home / "superset"
+        return self.state / "superset"
 
     @property
     def spark_conf_dir(self) -> Path:
         """Return the SPARK_CONF_DIR holding the generated spark-defaults.conf."""
-        return self.home / "spark" / "conf"
+        return self.run_dir / "spark-conf" if self.service_user else self.home / "spark" / "conf"
 
     @property
     def pg_data(self) -> Path:
@@ -287,7 +305,7 @@ class StackSettings:
         """
         inside = self.home / "postgres" / "data"
         if os.geteuid() == 0 and not (inside / "PG_VERSION").exists():
-            return PG_ROOT_DATA / stack_id(self.home) / "postgres"
+            return self.root_dir / "postgres"
         return inside
 
     @property
@@ -305,6 +323,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
     env = env or Env()
     repo = REPO_ROOT
     cache_dir = Path(env.get("IOT_CACHE_DIR", str(default_cache_dir()))).expanduser()
+    as_root = os.geteuid() == 0
     home = Path(env.get("STACK_HOME", str(repo / ".stack"))).expanduser().resolve()
     lock = (repo / "requirements.lock").read_bytes()
     venv = cache_dir / f"venv-{hashlib.sha256(lock).hexdigest()[:12]}"
@@ -364,6 +383,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         superset_admin_password=env.require("SUPERSET_ADMIN_PASSWORD", "run `make up` to generate it"),
         superset_secret_key=env.require("SUPERSET_SECRET_KEY", "run `make up` to generate it"),
         config=env,
+        service_user=env.get("IOT_SERVICE_USER", DEFAULT_SERVICE_USER) if as_root else None,
         unpause_dags=tuple(d.strip() for d in env.get("AIRFLOW_UNPAUSE_DAGS",
                                                       "iot_stream,iot_aggregates,iot_retention").split(",")
                            if d.strip()),

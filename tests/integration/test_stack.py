@@ -22,8 +22,9 @@ from botocore.exceptions import ClientError
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
-from stack.probes import airflow_health
-from stack.services import airflow_env
+from stack.manager import Supervisor, stream_driver_processes
+from stack.probes import airflow_health, wait_for
+from stack.services import AIRFLOW_PROGRAMS, airflow_env
 
 pytestmark = pytest.mark.integration
 
@@ -322,23 +323,78 @@ def test_every_listener_of_the_stack_is_on_loopback(stack):
     assert not {port for _, port in listeners} & {8793, 8794}  # Airflow's log servers are off
 
 
-def test_everything_under_the_stack_home_is_private_to_its_user(stack):
-    """Files 0600 (or 0700), folders 0700: MinIO's data (it holds the pipeline key's secret),
-    Superset's database and stamp, configs, logs, Airflow's task logs. The one exception is a
-    PostgreSQL cluster made inside the home before it was private: the folders on its way are
-    0711 (pass through, not list), as PostgreSQL runs as `postgres` when the stack runs as root."""
-    passable = {stack.home, stack.home / "postgres"} if stack.pg_data.is_relative_to(stack.home) else set()
-    exposed = {}
-    for folder, dirs, files in os.walk(stack.home):
+def _entries(root: Path):
+    for folder, dirs, files in os.walk(root):
         for path in [Path(folder), *(Path(folder) / n for n in dirs + files)]:
             try:
                 st = path.lstat()
             except FileNotFoundError:
                 continue
+            if not stat.S_ISLNK(st.st_mode):
+                yield path, st
+
+
+def test_everything_under_the_stack_home_is_private_to_its_user(stack):
+    """Files 0600 (or 0700), folders 0700: MinIO's data (it holds the pipeline key's secret),
+    Superset's database and stamp, configs, logs, Airflow's task logs. The one exception is a
+    PostgreSQL cluster made inside the home before it was private: the folders on its way are
+    0711 (pass through, not list), as PostgreSQL runs as `postgres` when the stack runs as root.
+
+    As root, the services' state folder is the service user's and private to it; the code copy
+    and the configs are root's, readable (never writable) by the service group, nobody else's."""
+    passable = {stack.home, stack.home / "postgres"} if stack.pg_data.is_relative_to(stack.home) else set()
+    exposed = {}
+    for root in dict.fromkeys([stack.home, stack.state, stack.log_dir]):
+        for path, st in _entries(root):
             mode = stat.S_IMODE(st.st_mode)
-            if stat.S_ISLNK(st.st_mode) or not mode & 0o077 or (path in passable and mode == 0o711):
-                continue
-            exposed[str(path.relative_to(stack.home))] = oct(mode)
+            if mode & 0o077 and not (path in passable and mode == 0o711):
+                exposed[str(path)] = oct(mode)
     assert exposed == {}
     assert (stack.superset_home / "superset.db").is_file()
-    assert any((stack.home / "minio" / "data").rglob("*"))
+    assert any((stack.state / "minio" / "data").rglob("*"))
+    if not stack.service_user:
+        return
+    import pwd
+
+    user = pwd.getpwnam(stack.service_user)
+    not_theirs = {str(p): (st.st_uid, st.st_gid) for p, st in _entries(stack.state)
+                  if (st.st_uid, st.st_gid) != (user.pw_uid, user.pw_gid)}
+    assert not_theirs == {}
+    shared = {}
+    for root in (stack.app, stack.run_dir):
+        for path, st in _entries(root):
+            if st.st_uid != 0 or st.st_gid != user.pw_gid or stat.S_IMODE(st.st_mode) & 0o027:
+                shared[str(path)] = (st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode)))
+    assert shared == {}
+    assert (stack.app / "jobs" / "stream.py").read_bytes() == (stack.repo / "jobs" / "stream.py").read_bytes()
+
+
+def test_as_root_no_service_runs_as_root(stack):
+    """As root, supervisord alone stays root: PostgreSQL runs as `postgres`, everything else
+    (Kafka, MinIO, Airflow's components, the producer, Superset, and the Spark drivers Airflow
+    starts) as the stack's unprivileged service user."""
+    import psutil
+
+    if not stack.service_user:
+        pytest.skip("`make up` did not run as root: every service runs as the user who started it")
+    supervisord = psutil.Process(int((stack.run_dir / "supervisord.pid").read_text()))
+    assert supervisord.username() == "root"
+    sup = Supervisor(stack)
+    programs = {name: info["pid"] for name, info in sup.all_info().items() if info["statename"] == "RUNNING"}
+    assert sorted(programs) == sorted(["postgres", "kafka", "minio", *AIRFLOW_PROGRAMS, "producer", "superset"])
+    users = {name: psutil.Process(pid).username() for name, pid in programs.items()}
+    assert users == {**{name: stack.service_user for name in programs}, "postgres": "postgres"}
+
+    def driver_users() -> set[str]:
+        return {p.username() for p in stream_driver_processes(stack)}
+
+    wait_for("a stream driver that Airflow started", driver_users, 240)
+    assert driver_users() == {stack.service_user}
+    as_root = {}
+    for proc in supervisord.children(recursive=True):
+        try:
+            if proc.uids().effective == 0:
+                as_root[proc.pid] = " ".join(proc.cmdline()[:3])
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    assert as_root == {}

@@ -78,7 +78,8 @@ def settings(tmp_path, monkeypatch):
     ensure_env_file(env_file, REPO / ".env.example")
     values = parse_env_file(env_file) | {"STACK_HOME": str(tmp_path / "home"),
                                          "IOT_CACHE_DIR": str(tmp_path / "cache")}
-    return load_settings(Env(values))
+    # the layout of a stack run by its own user (as root: root_settings)
+    return dataclasses.replace(load_settings(Env(values)), service_user=None)
 
 
 def test_kafka_listens_on_loopback_with_kraft_roles(settings):
