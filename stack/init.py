@@ -46,16 +46,24 @@ def init_postgres_cluster(s: StackSettings, bindir: Path) -> bool:
         # passes through it to its own folder
         shutil.chown(data, "postgres", "postgres")
     data.chmod(0o700)
+    # the superuser's password in a file of its own (mode 600, in the folder above the data,
+    # root's as root) for the moment initdb reads it, never on a command line
+    with tempfile.NamedTemporaryFile("w", delete=False, dir=data.parent, prefix="pw") as fh:
+        fh.write(s.pg_superuser_password + "\n")
+    pwfile = Path(fh.name)
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, "postgres", "postgres")
     try:
-        # the superuser's password through a pipe, never in a file or on a command line
         subprocess.run(
             _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", s.pg_superuser,
                           "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-                          "--pwfile=/dev/stdin", "-E", "UTF8", "--locale=C.UTF-8"]),
-            check=True, capture_output=True, text=True, input=s.pg_superuser_password + "\n",
+                          f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8"]),
+            check=True, capture_output=True, text=True,
         )
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"initdb failed:\n{exc.stdout}\n{exc.stderr}") from None
+    finally:
+        pwfile.unlink()
     return True
 
 
