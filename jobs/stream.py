@@ -2,8 +2,8 @@
 
 Usage (ad hoc; `make up` writes spark-defaults.conf with the jars and settings):
 
-    SPARK_CONF_DIR=.stack/spark/conf spark-submit jobs/stream.py
-    SPARK_CONF_DIR=.stack/spark/conf spark-submit jobs/stream.py --available-now   # drain, then exit
+    stack/bin/stackctl spark-submit jobs/stream.py      # SPARK_CONF_DIR: `make up`'s (make status)
+    stack/bin/stackctl spark-submit jobs/stream.py --available-now   # drain, then exit
     spark-submit jobs/stream.py --help
 
 Configuration comes from the environment / .env (see .env.example, STREAM_* and STATUS_*),
