@@ -2,8 +2,8 @@
 
 Used three ways: the jobs build their SparkSession from it, `make up` writes it (without
 secrets) to `$STACK_HOME/spark/conf/spark-defaults.conf` (as root, to the stack's run folder)
-so an ad hoc `spark-submit` gets the same jars and settings, and the tests' SparkSession uses it. No pyspark import here: the
-stack and the DAGs read it without starting a JVM.
+so an ad hoc `spark-submit` gets the same jars and settings, and the tests' SparkSession uses it.
+No pyspark import here: the stack and the DAGs read it without starting a JVM.
 """
 
 from __future__ import annotations
