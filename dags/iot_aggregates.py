@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, PokeReturnValue, task
 
 from orchestration.aggregates import AGGREGATES_APPLICATION, aggregates_application_args
+from orchestration.operators import GracefulSparkSubmitOperator
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,15 @@ with DAG(
                      topic, data_interval_end.isoformat(), missing)
         return PokeReturnValue(is_done=not missing)
 
-    aggregate_hours = SparkSubmitOperator(
+    # the job's environment holds the pipeline's logins only, and it runs at a low CPU
+    # priority so that it never starves the stream (orchestration/operators.py)
+    aggregate_hours = GracefulSparkSubmitOperator(
         task_id="aggregate_hours",
         conn_id="spark_batch",
         application=AGGREGATES_APPLICATION,
         application_args=aggregates_application_args(),
         name="iot-aggregates",
+        batch=True,
     )
 
     wait_for_stream() >> aggregate_hours

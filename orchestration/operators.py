@@ -10,6 +10,11 @@ then exits on its own. If it is still running after `stop_timeout`, the provider
 The job gets only what it needs (job_environment): none of Airflow's own variables (its
 metadata database URI, Fernet key, JWT and API secrets, connections), and no generated secret
 but the pipeline's PostgreSQL role and S3 key (common.env.SCOPED_SECRETS["jobs"]).
+
+A batch job runs with a lower CPU priority (`niceness`, BATCH_JOB_NICENESS): on two cores the
+hourly aggregates would otherwise take the stream's core away while they run. The scheduler
+then gives them only what the stream and the services leave idle; every thread of the job's
+JVM and Python processes inherits the priority.
 """
 
 from __future__ import annotations
@@ -22,6 +27,31 @@ from datetime import timedelta
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
 PYTHON_NAMES = ("python", "python3")
+# nice 19: the least urgent work on the machine (a CFS weight of 15 against the stream's 1024)
+DEFAULT_BATCH_NICENESS = 19
+
+
+def batch_niceness(environ: dict[str, str]) -> int:
+    """Return BATCH_JOB_NICENESS (0 to 19; default 19), refusing anything else by name."""
+    raw = environ.get("BATCH_JOB_NICENESS", "") or str(DEFAULT_BATCH_NICENESS)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"BATCH_JOB_NICENESS must be an integer from 0 to 19, got {raw!r}") from None
+    if not 0 <= value <= 19:
+        raise ValueError(f"BATCH_JOB_NICENESS must be from 0 to 19, got {value}")
+    return value
+
+
+def popen_priority(niceness: int) -> dict:
+    """Return Popen keywords that start the child at `niceness` (nothing for 0)."""
+    if not niceness:
+        return {}
+
+    def lower_priority() -> None:  # in the child, before exec: every thread it makes inherits it
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+
+    return {"preexec_fn": lower_priority}
 
 
 def job_environment(environ: dict[str, str]) -> dict[str, str]:
@@ -56,11 +86,13 @@ def pyspark_driver_pids(spark_submit_pid: int) -> list[int]:
 
 
 class GracefulSparkSubmitOperator(SparkSubmitOperator):
-    """spark-submit in its own session; on kill, SIGTERM to the PySpark driver, then wait."""
+    """spark-submit in its own session; on kill, SIGTERM to the PySpark driver, then wait.
+    `batch`: a batch job, started at BATCH_JOB_NICENESS (see the module's doc)."""
 
-    def __init__(self, *, stop_timeout: timedelta = timedelta(minutes=2), **kwargs) -> None:
+    def __init__(self, *, stop_timeout: timedelta = timedelta(minutes=2), batch: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.stop_timeout = stop_timeout
+        self.batch = batch
 
     def execute(self, context) -> None:
         """Run spark-submit to completion (local and client modes; others as the provider does)."""
@@ -72,7 +104,8 @@ class GracefulSparkSubmitOperator(SparkSubmitOperator):
         # its own session: the supervisor's SIGTERM/SIGKILL of the task's group does not reach it
         env = job_environment({**os.environ, **(hook._env_vars or {})})
         hook._env_vars = hook._env = None  # else the hook rebuilds the environment from os.environ
-        hook.submit(self.application, start_new_session=True, env=env)
+        priority = popen_priority(batch_niceness(env)) if self.batch else {}
+        hook.submit(self.application, start_new_session=True, env=env, **priority)
         return None
 
     def on_kill(self) -> None:

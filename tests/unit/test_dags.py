@@ -118,6 +118,31 @@ def test_aggregates_are_scoped_to_hourly_data_intervals(dagbag):
                                               "--end", "{{ data_interval_end.isoformat() }}"]
     assert aggregate._conn_id == "spark_batch"  # one core locally (SPARK_BATCH_MASTER)
     assert [t.task_id for t in aggregate.upstream_list] == ["wait_for_stream"]
+    # the job gets the pipeline's logins only, at the batch priority (orchestration/operators.py)
+    from orchestration.operators import GracefulSparkSubmitOperator
+
+    assert isinstance(aggregate, GracefulSparkSubmitOperator)
+    assert aggregate.batch is True
+    assert dagbag.dags["iot_stream"].get_task("run_stream").batch is False
+
+
+def test_a_batch_job_starts_at_the_lowest_cpu_priority_and_every_thread_inherits_it():
+    import subprocess
+    import sys
+
+    from orchestration.operators import batch_niceness, popen_priority
+
+    assert batch_niceness({}) == 19
+    assert batch_niceness({"BATCH_JOB_NICENESS": "7"}) == 7
+    for bad in ("20", "-1", "low"):
+        with pytest.raises(ValueError, match="BATCH_JOB_NICENESS"):
+            batch_niceness({"BATCH_JOB_NICENESS": bad})
+    assert popen_priority(0) == {}
+    code = ("import os, threading; seen = []; t = threading.Thread(target=lambda: seen.append(os.getpriority("
+            "os.PRIO_PROCESS, threading.get_native_id()))); t.start(); t.join(); print(os.nice(0), seen[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         **popen_priority(19)).stdout.split()
+    assert out == ["19", "19"]
 
 
 def test_retention_waits_for_the_stream_to_maintain_the_lake(dagbag):
