@@ -87,6 +87,7 @@ class StreamSettings:
     max_offsets_per_trigger: int
     query_name: str
     thresholds: Thresholds
+    log_summary_seconds: float = 300.0
     lock_timeout_seconds: int = 600
     maintenance_poll_seconds: float = 10.0
     maintenance_max_attempts: int = 3
@@ -108,6 +109,7 @@ class StreamSettings:
             max_offsets_per_trigger=env.get_int("STREAM_MAX_OFFSETS_PER_TRIGGER", 50_000),
             query_name=env.get("STREAM_QUERY_NAME", "sensor_readings"),
             thresholds=Thresholds.from_env(env),
+            log_summary_seconds=env.get_float("STREAM_LOG_SUMMARY_SECONDS", 300.0),
             lock_timeout_seconds=env.get_int("STREAM_LOCK_TIMEOUT_SECONDS", 600),
             maintenance_poll_seconds=env.get_float("STREAM_MAINTENANCE_POLL_SECONDS", 10.0),
             maintenance_max_attempts=env.get_int("STREAM_MAINTENANCE_MAX_ATTEMPTS", 3),
@@ -148,6 +150,61 @@ class LatestOffsets:
         return {tp.partition: offset for tp, offset in ends.items()}
 
 
+@dataclass
+class BatchLog:
+    """What the log says about micro-batches: every figure of every batch is in the health rows
+    (stream_health), so the log, which for the Airflow-supervised stream is one task log that
+    grows as long as the driver lives, gets one summary line per `every_s` seconds and a line
+    for each batch worth a look (the first, a replay, a slow one). Its growth is then bounded
+    by the time it runs, not by the number of batches: about 100 bytes a minute at the
+    default 300 s. `every_s` 0 logs every batch."""
+
+    every_s: float = 300.0
+    slow_s: float = 10.0
+    clock: object = time.monotonic
+    batches: int = 0
+    rows_in: int = 0
+    valid: int = 0
+    quarantined: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    slowest_s: float = 0.0
+    seconds: float = 0.0
+    behind: int = 0
+    logged_any: bool = False
+    since: float | None = None
+
+    def __post_init__(self) -> None:
+        self.since = self.clock()  # the first summary covers the driver's first `every_s`
+
+    def add(self, rows_in: int, valid: int, quarantined: int, inserted: int, duplicates: int, behind: int,
+            seconds: float, replay: bool) -> tuple[bool, str | None]:
+        """Count one batch; return (whether the batch's own line is worth logging at INFO, the
+        summary line when one is due)."""
+        now = self.clock()
+        self.batches += 1
+        self.rows_in += rows_in
+        self.valid += valid
+        self.quarantined += quarantined
+        self.inserted += inserted
+        self.duplicates += duplicates
+        self.seconds += seconds
+        self.slowest_s = max(self.slowest_s, seconds)
+        self.behind = behind
+        notable = not self.every_s or not self.logged_any or replay or seconds >= self.slow_s
+        self.logged_any = True
+        if not self.every_s or now - self.since < self.every_s:
+            return notable, None
+        summary = (f"last {now - self.since:.0f} s: {self.batches} batches, in={self.rows_in} valid={self.valid} "
+                   f"quarantined={self.quarantined} inserted={self.inserted} duplicates={self.duplicates}, "
+                   f"mean {self.seconds / self.batches:.2f} s, slowest {self.slowest_s:.2f} s, behind={behind} "
+                   "(each batch: stream_health)")
+        self.batches = self.rows_in = self.valid = self.quarantined = self.inserted = self.duplicates = 0
+        self.seconds = self.slowest_s = 0.0
+        self.since = now
+        return notable, summary
+
+
 class StopRequested(RuntimeError):
     """Raised by a micro-batch that starts after a stop was requested (it is not committed)."""
 
@@ -167,6 +224,7 @@ class BatchProcessor:
         self.end_offsets: dict[int, int] | None = None
         self.batches = 0
         self.last_batch_id = -1  # the last batch this process wrote to every sink
+        self.batch_log = BatchLog(every_s=settings.log_summary_seconds)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         """Process one micro-batch; raise on any failure (the batch is then not committed)."""
@@ -225,11 +283,17 @@ class BatchProcessor:
         self.end_offsets = end_offsets
         self.batches += 1
         self.last_batch_id = batch_id
-        log.info("batch %d: in=%d valid=%d quarantined=%d inserted=%d duplicates=%d behind=%d %s in %.2fs "
-                 "(validate %d ms, bronze %d ms, quarantine %d ms)",
-                 batch_id, rows_in, len(lines), quarantined, result.inserted, result.duplicates, behind,
-                 "committed" if result.committed else "already committed (replay)", time.monotonic() - t0,
-                 validate_ms, bronze_ms, quarantine_ms)
+        seconds = time.monotonic() - t0
+        notable, summary = self.batch_log.add(rows_in, len(lines), quarantined, result.inserted, result.duplicates,
+                                              behind, seconds, replay=not result.committed)
+        log.log(logging.INFO if notable else logging.DEBUG,
+                "batch %d: in=%d valid=%d quarantined=%d inserted=%d duplicates=%d behind=%d %s in %.2fs "
+                "(validate %d ms, bronze %d ms, quarantine %d ms)",
+                batch_id, rows_in, len(lines), quarantined, result.inserted, result.duplicates, behind,
+                "committed" if result.committed else "already committed (replay)", seconds,
+                validate_ms, bronze_ms, quarantine_ms)
+        if summary:
+            log.info("%s", summary)
 
 
 def build_query(source: DataFrame, processor: BatchProcessor, trigger: dict, checkpoint: str,
