@@ -6,7 +6,9 @@
   compacted (OPTIMIZE) and vacuumed (RETENTION_VACUUM_HOURS, at least 168). The stream is the
   only writer of those tables, so this DAG asks it to do so between two micro-batches and waits
   for the outcome (jobs/maintenance.py); the stream must be running;
-- the topic's retention.ms is set to KAFKA_TOPIC_RETENTION_HOURS.
+- the topic's retention.ms is set to KAFKA_TOPIC_RETENTION_HOURS;
+- Airflow's own logs (task and DAG-processor) last written more than RETENTION_AIRFLOW_LOG_DAYS
+  ago are deleted (the always-running stream's task log is written to, so it stays).
 Cutoffs count back from the data interval's end. Params name another pipeline (tests).
 """
 
@@ -102,6 +104,21 @@ with DAG(
             raise RuntimeError(f"lake maintenance request {request_id} failed in the stream: {error}")
         return PokeReturnValue(is_done=state == "done", xcom_value=result)
 
+    @task
+    def prune_airflow_logs(data_interval_end=None) -> dict:
+        """Delete Airflow's log files last written before the cutoff."""
+        from pathlib import Path
+
+        from airflow.configuration import conf
+
+        from common.env import Env
+        from orchestration.retention import RetentionSettings, prune_logs
+
+        cutoff = RetentionSettings.from_env(Env()).airflow_log_cutoff(data_interval_end)
+        files, size = prune_logs(Path(conf.get("logging", "base_log_folder")), cutoff)
+        return {"cutoff": cutoff.isoformat(), "files": files, "bytes": size}
+
     delete_old_rows()
     set_kafka_retention()
+    prune_airflow_logs()
     wait_for_lake_maintenance(request_lake_maintenance())

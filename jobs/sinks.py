@@ -44,10 +44,30 @@ def batch_marker(query_id: str, batch_id: int) -> str:
 class DeltaSink:
     """An append-only Delta table, partitioned by `partition_by`, written once per batch."""
 
-    def __init__(self, path: str, partition_by: str = "kafka_date") -> None:
+    def __init__(self, path: str, partition_by: str = "kafka_date", properties: dict[str, str] | None = None) -> None:
         self.path = path
         self.partition_by = partition_by
+        # table properties the table must carry (a table made before they existed gets them
+        # from its first write by this process): what bounds its log, jobs/spark_conf.py
+        self.properties = dict(properties or {})
+        self._properties_checked = not self.properties
         self._last_batch: dict[str, int] = {}
+
+    def ensure_properties(self, spark) -> list[str]:
+        """Set the table properties that differ from `properties` (one metadata commit); return
+        their names. Nothing when the table does not exist yet: it is made with the session's
+        defaults, which come from the same settings."""
+        from delta.tables import DeltaTable
+
+        if not DeltaTable.isDeltaTable(spark, self.path):
+            return []
+        current = DeltaTable.forPath(spark, self.path).detail().select("properties").collect()[0][0] or {}
+        changed = {k: v for k, v in self.properties.items() if current.get(k) != v}
+        if changed:
+            assignments = ", ".join(f"'{k}' = '{v}'" for k, v in sorted(changed.items()))
+            spark.sql(f"ALTER TABLE delta.`{self.path}` SET TBLPROPERTIES ({assignments})")
+            log.info("%s: set %s", self.path, assignments)
+        return sorted(changed)
 
     def last_committed_batch(self, spark, query_id: str) -> int:
         """Return the last batch id `query_id` committed to the table (-1 when none)."""
@@ -63,6 +83,9 @@ class DeltaSink:
 
     def write(self, rows: DataFrame, query_id: str, batch_id: int) -> bool:
         """Append `rows` unless this batch is already in the table; return True if written."""
+        if not self._properties_checked:
+            self.ensure_properties(rows.sparkSession)
+            self._properties_checked = True
         last = self._last_batch.get(query_id)
         if last is None:
             last = self.last_committed_batch(rows.sparkSession, query_id)

@@ -37,6 +37,14 @@ def spark_jars(env: Env) -> list[str]:
     return jars
 
 
+def delta_log_retention(env: Env) -> str:
+    """Return Delta's logRetentionDuration from DELTA_LOG_RETENTION_HOURS (default 48)."""
+    hours = env.get_int("DELTA_LOG_RETENTION_HOURS", 48)
+    if hours < 1:
+        raise ValueError(f"DELTA_LOG_RETENTION_HOURS must be at least 1, got {hours}")
+    return f"interval {hours} hours"
+
+
 def lakehouse_spark_conf(env: Env, *, include_secrets: bool = True) -> dict[str, str]:
     """Return the Spark settings for Delta on S3A, the Kafka source, JDBC and UTC time."""
     endpoint = env.get("S3_ENDPOINT", "http://127.0.0.1:9000")
@@ -79,6 +87,10 @@ def lakehouse_spark_conf(env: Env, *, include_secrets: bool = True) -> dict[str,
         "spark.databricks.delta.snapshotPartitions": env.get("DELTA_SNAPSHOT_PARTITIONS", "2"),
         "spark.databricks.delta.properties.defaults.checkpointInterval": env.get(
             "DELTA_CHECKPOINT_INTERVAL", "100"),
+        # How long a table keeps its commit files (new tables; the stream sets it on its own,
+        # jobs/sinks.py): the stream commits every few seconds, and Delta lists _delta_log on
+        # every commit. Delta deletes expired ones at each log checkpoint, by whole days.
+        "spark.databricks.delta.properties.defaults.logRetentionDuration": delta_log_retention(env),
         # VACUUM lists the table's directories with this many tasks (Spark's default: 10,000,
         # which took 8 minutes for a 4-file test table on 2 cores).
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": env.get("SPARK_LISTING_PARALLELISM", "8"),

@@ -34,6 +34,7 @@ from common.kafka import STREAM_GROUP_PREFIX, KafkaLogin
 from jobs.maintenance import LakeMaintenance, WriterLock, writer_resources
 from jobs.session import pg_connect_kwargs
 from jobs.sinks import DeltaSink, PostgresSink, curated_csv_column
+from jobs.spark_conf import delta_log_retention
 from jobs.transform import Thresholds, parse, quarantine, summarize, to_bronze, validate
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class StreamSettings:
     query_name: str
     thresholds: Thresholds
     log_summary_seconds: float = 300.0
+    table_properties: tuple[tuple[str, str], ...] = ()
     lock_timeout_seconds: int = 600
     maintenance_poll_seconds: float = 10.0
     maintenance_max_attempts: int = 3
@@ -110,6 +112,7 @@ class StreamSettings:
             query_name=env.get("STREAM_QUERY_NAME", "sensor_readings"),
             thresholds=Thresholds.from_env(env),
             log_summary_seconds=env.get_float("STREAM_LOG_SUMMARY_SECONDS", 300.0),
+            table_properties=(("delta.logRetentionDuration", delta_log_retention(env)),),
             lock_timeout_seconds=env.get_int("STREAM_LOCK_TIMEOUT_SECONDS", 600),
             maintenance_poll_seconds=env.get_float("STREAM_MAINTENANCE_POLL_SECONDS", 10.0),
             maintenance_max_attempts=env.get_int("STREAM_MAINTENANCE_MAX_ATTEMPTS", 3),
@@ -348,8 +351,8 @@ def build_processor(settings: StreamSettings) -> BatchProcessor:
     """Return the batch processor wired to the real sinks."""
     return BatchProcessor(
         settings,
-        bronze=DeltaSink(settings.bronze_path),
-        quarantine_sink=DeltaSink(settings.quarantine_path),
+        bronze=DeltaSink(settings.bronze_path, properties=dict(settings.table_properties)),
+        quarantine_sink=DeltaSink(settings.quarantine_path, properties=dict(settings.table_properties)),
         postgres=PostgresSink(settings.pg_connect, settings.pg_schema),
         latest_offsets=LatestOffsets(settings.kafka, settings.topic),
     )

@@ -2,16 +2,20 @@
 the stream, their only writer) and the topic's retention on Kafka.
 
 Periods come from the environment (.env): RETENTION_POSTGRES_DAYS, RETENTION_LAKE_DAYS,
-RETENTION_VACUUM_HOURS (at least 168), KAFKA_TOPIC_RETENTION_HOURS, RETENTION_DELETE_BATCH_ROWS.
+RETENTION_VACUUM_HOURS (at least 168), KAFKA_TOPIC_RETENTION_HOURS, RETENTION_DELETE_BATCH_ROWS,
+RETENTION_AIRFLOW_LOG_DAYS (Airflow's own task and DAG-processor logs).
 Cutoffs are computed from the run's data interval end, never from now().
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.env import Env
@@ -33,6 +37,7 @@ class RetentionSettings:
     vacuum_retain_hours: int = 168
     kafka_hours: int = 168
     delete_batch_rows: int = 10_000
+    airflow_log_days: int = 30
 
     @classmethod
     def from_env(cls, env: Env) -> RetentionSettings:
@@ -44,10 +49,11 @@ class RetentionSettings:
             vacuum_retain_hours=env.get_int("RETENTION_VACUUM_HOURS", d.vacuum_retain_hours),
             kafka_hours=env.get_int("KAFKA_TOPIC_RETENTION_HOURS", d.kafka_hours),
             delete_batch_rows=env.get_int("RETENTION_DELETE_BATCH_ROWS", d.delete_batch_rows),
+            airflow_log_days=env.get_int("RETENTION_AIRFLOW_LOG_DAYS", d.airflow_log_days),
         )
 
     def __post_init__(self) -> None:
-        for name in ("postgres_days", "lake_days", "kafka_hours", "delete_batch_rows"):
+        for name in ("postgres_days", "lake_days", "kafka_hours", "delete_batch_rows", "airflow_log_days"):
             if getattr(self, name) < 1:
                 raise ValueError(f"retention setting {name} must be >= 1, got {getattr(self, name)}")
         if self.vacuum_retain_hours < MIN_VACUUM_RETAIN_HOURS:
@@ -58,9 +64,42 @@ class RetentionSettings:
         """Return the instant before which curated rows are deleted."""
         return interval_end - timedelta(days=self.postgres_days)
 
+    def airflow_log_cutoff(self, interval_end: datetime) -> datetime:
+        """Return the instant before which Airflow's log files (last written) are deleted."""
+        return interval_end - timedelta(days=self.airflow_log_days)
+
     def lake_cutoff(self, interval_end: datetime) -> date:
         """Return the first kafka_date the lake keeps."""
         return (interval_end - timedelta(days=self.lake_days)).date()
+
+
+def prune_logs(root: Path, cutoff: datetime) -> tuple[int, int]:
+    """Delete the files under `root` last written before `cutoff`, then the folders left empty;
+    return how many files and bytes went. A log still being written (the always-running
+    stream's) is newer than any cutoff, so it stays. Symbolic links (Airflow's `latest`) are
+    left alone unless what they point to is gone."""
+    files = size = 0
+    limit = cutoff.timestamp()
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_mtime < limit:
+                path.unlink()
+                files += 1
+                size += st.st_size
+    for folder, dirs, names in os.walk(root, topdown=False):
+        here = Path(folder)
+        for name in dirs + names:
+            path = here / name
+            if path.is_symlink() and not path.exists():  # Airflow's `latest`, to a folder gone
+                path.unlink()
+        if here != root and not any(here.iterdir()):
+            here.rmdir()
+    if files:
+        log.info("deleted %d Airflow log files (%.1f MB) last written before %s", files, size / 1e6,
+                 cutoff.isoformat())
+    return files, size
 
 
 def delete_in_batches(conn, schema: str, table: str, time_column: str, cutoff: datetime, batch_rows: int) -> int:

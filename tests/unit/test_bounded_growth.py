@@ -57,3 +57,54 @@ def test_summary_seconds_zero_logs_every_batch():
     notable, summaries = run_batches(BatchLog(every_s=0, clock=clock), clock, 50, every_s=1.0)
     assert notable == list(range(50))
     assert summaries == []
+
+
+def test_airflow_logs_older_than_the_cutoff_go_and_the_live_one_stays(tmp_path):
+    import os
+    from datetime import UTC, datetime
+
+    from orchestration.retention import RetentionSettings, prune_logs
+
+    end = datetime(2026, 11, 30, 3, tzinfo=UTC)
+    cutoff = RetentionSettings(airflow_log_days=30).airflow_log_cutoff(end)
+    assert cutoff == datetime(2026, 10, 31, 3, tzinfo=UTC)
+    old_run = tmp_path / "dag_id=iot_aggregates" / "run_id=old" / "task_id=aggregate_hours"
+    new_run = tmp_path / "dag_id=iot_aggregates" / "run_id=new" / "task_id=aggregate_hours"
+    stream = tmp_path / "dag_id=iot_stream" / "run_id=first" / "task_id=run_stream"
+    processor = tmp_path / "dag_processor" / "2026-10-01" / "dags-folder"
+    for folder in (old_run, new_run, stream, processor):
+        folder.mkdir(parents=True)
+    files = {old_run / "attempt=1.log": 1000, new_run / "attempt=1.log": 20,
+             stream / "attempt=1.log": 300, processor / "iot_stream.py.log": 4000}
+    for path, size in files.items():
+        path.write_bytes(b"x" * size)
+    old = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
+    for path in (old_run / "attempt=1.log", processor / "iot_stream.py.log"):
+        os.utime(path, (old, old))
+    # the stream's run began long ago, but its log is written to: it is recent
+    (tmp_path / "dag_processor" / "latest").symlink_to(tmp_path / "dag_processor" / "2026-10-01")
+
+    assert prune_logs(tmp_path, cutoff) == (2, 5000)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["dag_id=iot_aggregates/run_id=new/task_id=aggregate_hours/attempt=1.log",
+                    "dag_id=iot_stream/run_id=first/task_id=run_stream/attempt=1.log"]
+    assert not (tmp_path / "dag_id=iot_aggregates" / "run_id=old").exists()
+    assert not (tmp_path / "dag_processor" / "latest").is_symlink()  # it pointed at a folder now gone
+    assert prune_logs(tmp_path, cutoff) == (0, 0)
+
+
+def test_the_stream_s_tables_keep_a_bounded_log():
+    from common.env import Env
+    from jobs.spark_conf import delta_log_retention, lakehouse_spark_conf
+    from jobs.stream import StreamSettings
+
+    assert delta_log_retention(Env({})) == "interval 48 hours"
+    assert delta_log_retention(Env({"DELTA_LOG_RETENTION_HOURS": "24"})) == "interval 24 hours"
+    import pytest
+
+    with pytest.raises(ValueError, match="DELTA_LOG_RETENTION_HOURS must be at least 1"):
+        delta_log_retention(Env({"DELTA_LOG_RETENTION_HOURS": "0"}))
+    settings = StreamSettings.from_env(Env({"KAFKA_STREAM_PASSWORD": "x", "PIPELINE_DB_PASSWORD": "y"}))
+    assert dict(settings.table_properties) == {"delta.logRetentionDuration": "interval 48 hours"}
+    conf = lakehouse_spark_conf(Env({"S3_ACCESS_KEY": "a", "S3_SECRET_KEY": "b"}), include_secrets=False)
+    assert conf["spark.databricks.delta.properties.defaults.logRetentionDuration"] == "interval 48 hours"

@@ -148,7 +148,7 @@ def test_a_batch_job_starts_at_the_lowest_cpu_priority_and_every_thread_inherits
 def test_retention_waits_for_the_stream_to_maintain_the_lake(dagbag):
     dag = dagbag.dags["iot_retention"]
     assert {t.task_id for t in dag.tasks} == {"delete_old_rows", "set_kafka_retention", "request_lake_maintenance",
-                                              "wait_for_lake_maintenance"}
+                                              "wait_for_lake_maintenance", "prune_airflow_logs"}
     assert [t.task_id for t in dag.get_task("wait_for_lake_maintenance").upstream_list] == ["request_lake_maintenance"]
 
 
