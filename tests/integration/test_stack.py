@@ -360,12 +360,14 @@ def test_everything_under_the_stack_home_is_private_to_its_user(stack):
     not_theirs = {str(p): (st.st_uid, st.st_gid) for p, st in _entries(stack.state)
                   if (st.st_uid, st.st_gid) != (user.pw_uid, user.pw_gid)}
     assert not_theirs == {}
-    shared = {}
+    shared = {}  # root's; readable by the service group or by root only; writable by root only
     for root in (stack.app, stack.run_dir):
         for path, st in _entries(root):
-            if st.st_uid != 0 or st.st_gid != user.pw_gid or stat.S_IMODE(st.st_mode) & 0o027:
-                shared[str(path)] = (st.st_uid, st.st_gid, oct(stat.S_IMODE(st.st_mode)))
+            mode = stat.S_IMODE(st.st_mode)
+            if st.st_uid != 0 or mode & 0o027 or (mode & 0o070 and st.st_gid != user.pw_gid):
+                shared[str(path)] = (st.st_uid, st.st_gid, oct(mode))
     assert shared == {}
+    assert stat.S_IMODE((stack.run_dir / "jobs-config.env").stat().st_mode) == 0o640
     assert (stack.app / "jobs" / "stream.py").read_bytes() == (stack.repo / "jobs" / "stream.py").read_bytes()
 
 
