@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -137,6 +138,17 @@ def build_superset_venv(settings: StackSettings) -> bool:
     venv = settings.superset_venv
     if (venv / ".complete").exists():
         return False
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # one build at a time (another clone's `make up` may be building the same one)
+    with open(venv.with_name(venv.name + ".building"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / ".complete").exists():
+            return False
+        _build_superset_venv(settings, venv)
+    return True
+
+
+def _build_superset_venv(settings: StackSettings, venv: Path) -> None:
     log.info("building Superset's virtualenv %s (about 6 minutes the first time)", venv)
     if venv.exists():
         shutil.rmtree(venv)
@@ -148,7 +160,6 @@ def build_superset_venv(settings: StackSettings) -> bool:
     subprocess.run([*pip, "install", "--quiet", "--progress-bar", "off", "--require-hashes", "-r",
                     str(settings.repo / "stack" / "superset" / "requirements.lock")], check=True)
     (venv / ".complete").touch()
-    return True
 
 
 def postgres_bindir() -> Path:

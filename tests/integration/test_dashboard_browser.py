@@ -9,7 +9,9 @@ chromium-driver are required (`.ci/run` installs them).
 from __future__ import annotations
 
 import re
+import os
 import shutil
+import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -44,9 +46,16 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1400",
                 "--lang=en-US"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+    # Chromium's shared-memory files (in TMPDIR with --disable-dev-shm-usage) and its profile
+    # outlive it: they go into a folder of the test's own, removed afterwards
+    with tempfile.TemporaryDirectory(prefix="iot-browser-") as scratch:
+        options.add_argument(f"--user-data-dir={scratch}/profile")
+        service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": scratch})
+        driver = webdriver.Chrome(service=service, options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 def pipeline_value(stack, query: str):
