@@ -8,8 +8,8 @@ chromium-driver are required (`.ci/run` installs them).
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 import tempfile
 from datetime import datetime, timedelta
