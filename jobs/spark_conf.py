@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from common.env import Env, default_cache_dir
 
+MIN_LOG_RETENTION_HOURS = 168
 # Config keys that carry secrets: never written to a file.
 SECRET_KEYS = frozenset({"spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key"})
 
@@ -38,10 +39,13 @@ def spark_jars(env: Env) -> list[str]:
 
 
 def delta_log_retention(env: Env) -> str:
-    """Return Delta's logRetentionDuration from DELTA_LOG_RETENTION_HOURS (default 48)."""
-    hours = env.get_int("DELTA_LOG_RETENTION_HOURS", 48)
-    if hours < 1:
-        raise ValueError(f"DELTA_LOG_RETENTION_HOURS must be at least 1, got {hours}")
+    """Return Delta's logRetentionDuration from DELTA_LOG_RETENTION_HOURS (default and least
+    168: Delta refuses a log retention shorter than the tables' deletedFileRetentionDuration,
+    7 days, which keeps VACUUM safe)."""
+    hours = env.get_int("DELTA_LOG_RETENTION_HOURS", MIN_LOG_RETENTION_HOURS)
+    if hours < MIN_LOG_RETENTION_HOURS:
+        raise ValueError(f"DELTA_LOG_RETENTION_HOURS must be at least {MIN_LOG_RETENTION_HOURS} (Delta refuses a "
+                         f"log retention shorter than deletedFileRetentionDuration, 7 days), got {hours}")
     return f"interval {hours} hours"
 
 

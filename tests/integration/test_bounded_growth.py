@@ -33,12 +33,12 @@ def test_an_older_table_gets_the_bounded_log_on_the_stream_s_first_write(lake, p
     try:
         rows.write.format("delta").partitionBy("kafka_date").save(path)
     finally:
-        lake.conf.set("spark.databricks.delta.properties.defaults.logRetentionDuration", "interval 48 hours")
+        lake.conf.set("spark.databricks.delta.properties.defaults.logRetentionDuration", "interval 168 hours")
     assert "delta.logRetentionDuration" not in table_properties(lake, path)
 
-    sink = DeltaSink(path, properties={"delta.logRetentionDuration": "interval 48 hours"})
+    sink = DeltaSink(path, properties={"delta.logRetentionDuration": "interval 168 hours"})
     assert sink.write(rows, "query-1", 0) is True
-    assert table_properties(lake, path)["delta.logRetentionDuration"] == "interval 48 hours"
+    assert table_properties(lake, path)["delta.logRetentionDuration"] == "interval 168 hours"
     assert lake.read.format("delta").load(path).count() == 2
     # once per process: the next batch reads no table detail and commits no property again
     versions = lake.sql(f"describe history delta.`{path}`").count()
@@ -46,5 +46,5 @@ def test_an_older_table_gets_the_bounded_log_on_the_stream_s_first_write(lake, p
     assert lake.sql(f"describe history delta.`{path}`").count() == versions + 1
     # a new table gets it from the session's defaults (jobs/spark_conf.py)
     fresh = pipeline.path("quarantine")
-    DeltaSink(fresh, properties={"delta.logRetentionDuration": "interval 48 hours"}).write(rows, "query-1", 0)
-    assert table_properties(lake, fresh)["delta.logRetentionDuration"] == "interval 48 hours"
+    DeltaSink(fresh, properties={"delta.logRetentionDuration": "interval 168 hours"}).write(rows, "query-1", 0)
+    assert table_properties(lake, fresh)["delta.logRetentionDuration"] == "interval 168 hours"

@@ -98,13 +98,13 @@ def test_the_stream_s_tables_keep_a_bounded_log():
     from jobs.spark_conf import delta_log_retention, lakehouse_spark_conf
     from jobs.stream import StreamSettings
 
-    assert delta_log_retention(Env({})) == "interval 48 hours"
-    assert delta_log_retention(Env({"DELTA_LOG_RETENTION_HOURS": "24"})) == "interval 24 hours"
+    assert delta_log_retention(Env({})) == "interval 168 hours"
+    assert delta_log_retention(Env({"DELTA_LOG_RETENTION_HOURS": "240"})) == "interval 240 hours"
     import pytest
 
-    with pytest.raises(ValueError, match="DELTA_LOG_RETENTION_HOURS must be at least 1"):
-        delta_log_retention(Env({"DELTA_LOG_RETENTION_HOURS": "0"}))
+    with pytest.raises(ValueError, match="DELTA_LOG_RETENTION_HOURS must be at least 168"):
+        delta_log_retention(Env({"DELTA_LOG_RETENTION_HOURS": "48"}))
     settings = StreamSettings.from_env(Env({"KAFKA_STREAM_PASSWORD": "x", "PIPELINE_DB_PASSWORD": "y"}))
-    assert dict(settings.table_properties) == {"delta.logRetentionDuration": "interval 48 hours"}
+    assert dict(settings.table_properties) == {"delta.logRetentionDuration": "interval 168 hours"}
     conf = lakehouse_spark_conf(Env({"S3_ACCESS_KEY": "a", "S3_SECRET_KEY": "b"}), include_secrets=False)
-    assert conf["spark.databricks.delta.properties.defaults.logRetentionDuration"] == "interval 48 hours"
+    assert conf["spark.databricks.delta.properties.defaults.logRetentionDuration"] == "interval 168 hours"
