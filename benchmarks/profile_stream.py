@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from common.env import Env
 from stack.probes import NotReady, wait_for
 from stack.settings import ENV_FILE, load_settings
 
+LAMBDA = re.compile(r"\$+Lambda.*$")
 INTERESTING = re.compile(r"^(org\.apache\.spark\.sql\.delta|io\.delta|org\.apache\.hadoop\.fs\.s3a|"
                          r"org\.apache\.spark\.sql\.execution\.streaming|org\.apache\.spark\.sql\.kafka|"
                          r"org\.apache\.kafka|org\.apache\.spark\.scheduler|org\.apache\.spark\.sql\.execution|"
@@ -85,7 +87,8 @@ def jfr_stacks(jfr: str, recording: Path) -> list[list[str]]:
         stack = []
         for frame in frames.get("frames", []):
             method = frame.get("method", {})
-            stack.append(f"{method.get('type', {}).get('name', '?')}.{method.get('name', '?')}")
+            owner = LAMBDA.sub("", method.get("type", {}).get("name", "?")).replace("/", ".")
+            stack.append(f"{owner}.{method.get('name', '?')}")
         stacks.append(stack)
     return stacks
 
@@ -100,8 +103,11 @@ def pyspy_stacks(collapsed: Path) -> list[list[str]]:
     return stacks
 
 
-def s3_category(path: str, probe: Probe) -> str:
-    """Name what an S3 request touched."""
+def s3_category(path: str, query: str, probe: Probe) -> str:
+    """Name what an S3 request touched (a LIST names its prefix in the query)."""
+    prefix_param = urllib.parse.parse_qs(query).get("prefix", [""])[0]
+    if prefix_param:
+        path = path.rstrip("/") + "/" + prefix_param
     for name, location in (("bronze", probe.stream.bronze_path), ("quarantine", probe.stream.quarantine_path),
                            ("checkpoint", probe.stream.checkpoint)):
         prefix = "/" + location.split("://", 1)[1].rstrip("/")
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = subprocess.Popen([str(s.gobin / "mc"), "admin", "trace", "--json", "lakehouse"], env=mc_env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     calls: collections.Counter = collections.Counter()
+    server_ms: collections.Counter = collections.Counter()
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         ready, _, _ = select.select([trace.stdout], [], [], left)
@@ -175,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             event = json.loads(line)
         except ValueError:
             continue
-        calls[(event.get("funcName", "?").removeprefix("s3."), s3_category(event.get("path", ""), probe))] += 1
+        key = (event.get("api", "?").removeprefix("s3."),
+               s3_category(event.get("path", ""), event.get("query", ""), probe))
+        calls[key] += 1
+        server_ms[key] += event.get("duration", 0) / 1e6
     trace.terminate()
     ended = datetime.now(UTC)
     cpu_after = {}
@@ -201,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{used / n:.3f} CPU s per batch")
 
     total_calls = sum(calls.values())
-    print(f"\nS3 calls: {total_calls} = {total_calls / n:.1f} per batch (API, what it touched, per batch)")
+    print(f"\nS3 calls: {total_calls} = {total_calls / n:.1f} per batch, MinIO's own time "
+          f"{sum(server_ms.values()) / n:.0f} ms per batch (calls per batch, server ms per batch, API, what)")
     for (api, what), count in calls.most_common(args.top):
-        print(f"  {count / n:6.2f}  {api:28} {what}")
+        print(f"  {count / n:6.2f} {server_ms[(api, what)] / n:7.1f}  {api:24} {what}")
 
     if recording.exists():
         stacks = jfr_stacks(jdk_tool(jvm.exe(), "jfr"), recording)
