@@ -243,6 +243,10 @@ def write_scoped_env_files(s: StackSettings, env: Env) -> None:
     if env_file.is_file():
         names |= set(parse_env_file(env_file))
     values = {k: v for k, v in env.as_dict().items() if k in names}
+    # the cache as resolved, not as given: a `make up` run from a process that has the services'
+    # environment (IOT_CACHE_DIR set, as base_env sets it) then renders the same files, and
+    # restarts nothing
+    values["IOT_CACHE_DIR"] = str(s.cache_dir)
     for scope in SCOPED_SECRETS:
         write_private(scoped_env_file(s, scope), _quote_env(scoped(values, scope)))
 

@@ -323,6 +323,22 @@ def test_the_rendered_path_is_the_same_whoever_runs_make_up(settings, monkeypatc
     assert airflow_env(settings)["PATH"] == plain == f"{settings.venv / 'bin'}:/usr/bin:/bin"
 
 
+def test_scoped_env_files_are_the_same_whether_the_cache_comes_from_the_environment_or_not(settings):
+    # a `make up` run from a process with the services' environment (IOT_CACHE_DIR set by
+    # base_env, as the integration tests have it) must render the same files: else it restarts
+    # Airflow, the producer and Superset for nothing
+    from stack.services import scoped_env_file, write_scoped_env_files
+
+    settings.run_dir.mkdir(parents=True)
+    base = settings.config.as_dict()
+    write_scoped_env_files(settings, Env({**base, "IOT_CACHE_DIR": ""}))
+    first = {scope: scoped_env_file(settings, scope).read_text() for scope in ("jobs", "airflow", "producer")}
+    write_scoped_env_files(settings, Env({**base, "IOT_CACHE_DIR": str(settings.cache_dir)}))
+    second = {scope: scoped_env_file(settings, scope).read_text() for scope in ("jobs", "airflow", "producer")}
+    assert first == second
+    assert f"IOT_CACHE_DIR={settings.cache_dir}\n" in first["jobs"]
+
+
 @pytest.mark.parametrize("lock", ["requirements.lock", "stack/superset/requirements.lock", "stack/pip.lock"])
 def test_every_locked_package_is_pinned_to_its_hashes(lock):
     """pip installs these with --require-hashes: one pin without a hash, and the install fails."""
