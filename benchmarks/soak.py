@@ -189,10 +189,8 @@ class Probe:
         """Return (dag, start, end) of the batch DAGs' task instances that ended in [start, end)."""
         found = []
         for dag in BATCH_DAGS:
-            query = urllib.parse.urlencode({"end_date_gte": start.isoformat(), "end_date_lt": end.isoformat(),
-                                            "limit": 100})
-            body = self.api._send("GET", f"/api/v2/dags/{dag}/dagRuns/~/taskInstances?{query}")
-            for ti in body["task_instances"]:
+            for ti in self.api.task_instances(dag, end_date_gte=start.isoformat(), end_date_lt=end.isoformat(),
+                                              limit=100):
                 if ti.get("start_date") and ti.get("end_date"):
                     found.append((f"{dag}.{ti['task_id']}", datetime.fromisoformat(ti["start_date"]),
                                   datetime.fromisoformat(ti["end_date"])))

@@ -65,9 +65,11 @@ class AirflowApi:
         """Trigger a manual run with `conf`; return its run id."""
         return self._send("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
 
-    def task_instances(self, dag_id: str, run_id: str = "~", state: str | None = None) -> list[dict]:
-        """Return the task instances of a run (every run with "~"), optionally in one state."""
-        query = f"?state={urllib.parse.quote(state)}" if state else ""
+    def task_instances(self, dag_id: str, run_id: str = "~", state: str | None = None, **filters) -> list[dict]:
+        """Return the task instances of a run (every run with "~"), optionally in one state and
+        by the API's other filters (end_date_gte="2026-…", limit=100, …)."""
+        params = {**({"state": state} if state else {}), **filters}
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
         return self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances{query}")["task_instances"]
 
     def dag_run(self, dag_id: str, run_id: str) -> dict:

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from stack.service_user import ServiceUser, lookup
+from stack.service_user import existing
 from stack.services import kafka_java_command, new_kafka_cluster_id, write_state_file
 from stack.settings import StackSettings
 
@@ -21,13 +21,10 @@ log = logging.getLogger(__name__)
 
 def run_as_service(s: StackSettings, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     """subprocess.run `cmd` as the service user when root (stack/service_user.py), else as is."""
-    user: ServiceUser | None = lookup(s.service_user) if s.service_user else None
-    if user is None:
+    if not s.service_user:
         return subprocess.run(cmd, **kwargs)
-    env = kwargs.pop("env", None) or dict(os.environ)
     # its own home, not root's (which it cannot enter)
-    env.update(HOME=str(s.state), USER=user.name, LOGNAME=user.name)
-    return user.run(cmd, env=env, **kwargs)
+    return existing(s.service_user).run(cmd, home=s.state, **kwargs)
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:

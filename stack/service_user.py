@@ -40,8 +40,12 @@ class ServiceUser:
     uid: int
     gid: int
 
-    def run(self, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-        """subprocess.run `cmd` as this user (its group only, umask 077)."""
+    def run(self, cmd: list[str], home: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+        """subprocess.run `cmd` as this user (its group only, umask 077); with `home`, its
+        environment (`env`, else this process's) says HOME, USER and LOGNAME are its own."""
+        if home is not None:
+            kwargs["env"] = {**(kwargs.get("env") or os.environ), "HOME": str(home), "USER": self.name,
+                             "LOGNAME": self.name}
         return subprocess.run(cmd, user=self.uid, group=self.gid, extra_groups=[], umask=0o077, **kwargs)
 
 
@@ -52,6 +56,14 @@ def lookup(name: str) -> ServiceUser | None:
     except KeyError:
         return None
     return ServiceUser(name, entry.pw_uid, entry.pw_gid)
+
+
+def existing(name: str) -> ServiceUser:
+    """Return the service user `make up` made (stack.deploy.prepare); raise naming it if absent."""
+    found = lookup(name)
+    if found is None:
+        raise RuntimeError(f"the service user {name} does not exist: run `make up` as root to create it")
+    return found
 
 
 def ensure_service_user(name: str) -> ServiceUser:
@@ -143,8 +155,8 @@ def write_as(user: ServiceUser, path: Path, text: str) -> None:
 def prepare_state(user: ServiceUser, app: Path, state: Path, folders: list[Path]) -> int:
     """As `user`: make `folders` under `state` and make `state` private; return how many
     entries had to be made private."""
-    result = user.run([sys.executable, "-c", _PRIVATE, str(state), *map(str, folders)],
-                      env={**os.environ, "PYTHONPATH": str(app), "HOME": str(state)}, capture_output=True, text=True)
+    result = user.run([sys.executable, "-c", _PRIVATE, str(state), *map(str, folders)], home=state,
+                      env={**os.environ, "PYTHONPATH": str(app)}, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"preparing {state} as {user.name} failed: {result.stderr[-2000:]}")
     return int(result.stdout.strip() or 0)

@@ -102,11 +102,9 @@ def make_home_private(s: StackSettings, folders: tuple[Path, ...] = ()) -> int:
     directory; and the services' state folder, which the service user owns, is walked by a
     child running as that user (stack/service_user.py: root never writes where it owns)."""
     if s.service_user:
-        from stack.service_user import lookup, prepare_state
+        from stack.service_user import existing, prepare_state
 
-        user = lookup(s.service_user)
-        assert user is not None, "stack.deploy.prepare made it"
-        changed = prepare_state(user, s.app, s.state, list(folders))
+        changed = prepare_state(existing(s.service_user), s.app, s.state, list(folders))
         legacy_pg = s.pg_data.is_relative_to(s.home)
         changed += make_private_tree(s.home, traversable=(s.home, s.home / "postgres") if legacy_pg else ())
         return changed + make_private_tree(s.log_dir)
@@ -386,11 +384,9 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
     write_spark_conf_dir(s.spark_conf_dir, spark_env)
     write_private(s.run_dir / "supervisord.conf", supervisord_conf(s, java, pg_bindir))
     if s.service_user:
-        from stack.service_user import lookup, share_tree
+        from stack.service_user import existing, share_tree
 
-        user = lookup(s.service_user)
-        assert user is not None
-        share_tree(s.run_dir, user.gid)
+        share_tree(s.run_dir, existing(s.service_user).gid)
 
 
 def write_state_file(s: StackSettings, path: Path, text: str) -> None:
@@ -399,11 +395,9 @@ def write_state_file(s: StackSettings, path: Path, text: str) -> None:
     if not s.service_user:
         write_private(path, text)
         return
-    from stack.service_user import lookup, write_as
+    from stack.service_user import existing, write_as
 
-    user = lookup(s.service_user)
-    assert user is not None
-    write_as(user, path, text)
+    write_as(existing(s.service_user), path, text)
 
 
 def write_spark_conf_dir(conf_dir: Path, env: Env) -> None:

@@ -10,7 +10,6 @@ same kill took 163 s to resume while they ran; the test used to wait for hh:10 t
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.integration.pipeline_kit import (
     Pipeline,
     assert_landed_exactly,
     expected_from_seed,
+    producer_summary,
     restore_stack,
     start_producer,
     stop_producer,
@@ -67,6 +67,17 @@ def assert_job_gets_only_what_it_needs(stack, drivers: list[psutil.Process]) -> 
         assert held == {"PIPELINE_DB_PASSWORD", "S3_SECRET_KEY", "KAFKA_STREAM_PASSWORD"}, proc.cmdline()[:2]
 
 
+def start_adhoc_run(api, p: Pipeline) -> str:
+    """Unpause the ad hoc stream DAG, trigger it on the test's own names, wait for its first
+    committed batches; return the run id."""
+    conf = {"topic": p.topic, "pg_schema": p.schema, "checkpoint": p.path("checkpoint"),
+            "bronze_path": p.path("bronze"), "quarantine_path": p.path("quarantine"), "query_name": p.name}
+    api.set_paused(DAG_ID, False)
+    run_id = api.trigger(DAG_ID, conf)
+    wait_for("the first committed batches", lambda: p.health_batches() >= 2, 300)
+    return run_id
+
+
 def stop_run_cleanly(api, p: Pipeline, run_id: str, count: int, drain_timeout: float) -> None:
     """Wait until the stream has read `count` records, then "mark success" on the running task,
     as from the UI: the driver finishes its batch and exits by itself."""
@@ -102,12 +113,8 @@ def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pip
     producer_log = tmp_path / "producer.log"
     producer = start_producer(p, producer_log, "--rate", "40", "--seed", str(SEED), "--sensors", str(SENSORS),
                               "--bad-rate", str(BAD_RATE))
-    conf = {"topic": p.topic, "pg_schema": p.schema, "checkpoint": p.path("checkpoint"),
-            "bronze_path": p.path("bronze"), "quarantine_path": p.path("quarantine"), "query_name": p.name}
-    api.set_paused(DAG_ID, False)
     try:
-        run_id = api.trigger(DAG_ID, conf)
-        wait_for("the first committed batches", lambda: p.health_batches() >= 2, 300)
+        run_id = start_adhoc_run(api, p)
         first = drivers_of(p)
         assert len(first) == 2, [proc.cmdline()[:3] for proc in first]  # the JVM and the Python driver
         assert_job_gets_only_what_it_needs(stack, first)
@@ -128,9 +135,7 @@ def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pip
 
         producer.send_signal(signal.SIGTERM)
         assert producer.wait(timeout=120) == 0, producer_log.read_text()[-3000:]
-        summary = json.loads(next(x for x in producer_log.read_text().splitlines()
-                                  if x.startswith("PRODUCER_SUMMARY ")).removeprefix("PRODUCER_SUMMARY "))
-        count = summary["acked"]
+        count = producer_summary(producer_log)["acked"]
         stop_run_cleanly(api, p, run_id, count, 300)
     finally:
         tear_down_run(api, p, producer)
@@ -172,12 +177,8 @@ def test_postgres_stopped_30_s_under_the_airflow_supervised_stream(stack, lake, 
     rate = 100
     producer = start_producer(p, producer_log, "--rate", str(rate), "--seed", str(SEED), "--sensors", str(SENSORS),
                               "--bad-rate", str(BAD_RATE))
-    conf = {"topic": p.topic, "pg_schema": p.schema, "checkpoint": p.path("checkpoint"),
-            "bronze_path": p.path("bronze"), "quarantine_path": p.path("quarantine"), "query_name": p.name}
-    api.set_paused(DAG_ID, False)
     try:
-        run_id = api.trigger(DAG_ID, conf)
-        wait_for("the first committed batches", lambda: p.health_batches() >= 2, 300)
+        run_id = start_adhoc_run(api, p)
         sent_before = topic_records(p)
         sup.stop("postgres")
         try:
