@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from common.env import Env
+from jobs.scratch import jvm_tmpdir, spark_scratch_conf
 from jobs.spark_conf import lakehouse_spark_conf
 
 if TYPE_CHECKING:
@@ -28,9 +29,14 @@ def build_spark(app_name: str, env: Env | None = None, master: str | None = None
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
-    for key, value in lakehouse_spark_conf(env).items():
+    # block manager folders, S3A buffers: in a folder of this driver's own, swept once it is gone
+    conf = lakehouse_spark_conf(env)
+    conf.update(spark_scratch_conf(env.get("SPARK_SCRATCH_DIR", ""), conf["spark.executor.extraJavaOptions"],
+                                   os.environ.get("SPARK_DRIVER_SCRATCH")))
+    for key, value in conf.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    with jvm_tmpdir(conf):
+        return builder.getOrCreate()
 
 
 def pg_connect_kwargs(env: Env) -> dict:

@@ -23,6 +23,7 @@ from stack.services import (
     render_all,
     services,
     superset_dashboard_url,
+    sweep_scratch,
 )
 from stack.settings import GENERATED_SECRETS, StackSettings, record_secrets_in_use
 
@@ -165,6 +166,8 @@ def up(s: StackSettings) -> dict[str, float]:
     # is refused instead of given a new value (stack/settings.py, ensure_env_file)
     record_secrets_in_use(s.home, set(GENERATED_SECRETS))
     render_all(s, java, pg_bindir)
+    if swept := sweep_scratch(s):
+        log.info("removed %d temporary files and folders that Spark drivers that are gone left behind", swept)
     init.init_postgres_cluster(s, pg_bindir)
     init.format_kafka_storage(s, java)
 
@@ -294,6 +297,7 @@ def down(s: StackSettings) -> bool:
         if killed:
             log.warning("%d stream driver process(es) did not stop in time and were killed", killed)
     sup.shutdown()
+    sweep_scratch(s)  # every service's driver is gone now
     return True
 
 

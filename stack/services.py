@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import stat
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,27 @@ def make_home_private(s: StackSettings, folders: tuple[Path, ...] = ()) -> int:
     for folder in folders:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return make_private_tree(s.home)
+
+
+def sweep_scratch(s: StackSettings) -> int:
+    """Remove what Spark drivers that are gone left in the scratch folders (jobs/scratch.py);
+    return how many entries. The services' folder, as root, by a child running as their user."""
+    from jobs.scratch import sweep
+
+    removed = len(sweep(s.scratch_dirs["stackctl"]))
+    services = s.scratch_dirs["services"]
+    if services == s.scratch_dirs["stackctl"]:
+        return removed
+    if not s.service_user:
+        return removed + len(sweep(services))
+    from stack.service_user import existing
+
+    result = existing(s.service_user).run(
+        [sys.executable, "-m", "jobs.scratch", str(services)], home=s.state,
+        env={**os.environ, "PYTHONPATH": str(s.app)}, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"sweeping {services} as {s.service_user} failed: {result.stderr[-2000:]}")
+    return removed + int(result.stdout.split()[1])
 
 
 # ---- Kafka ---------------------------------------------------------------------------------
@@ -218,14 +240,15 @@ def kafka_java_command(s: StackSettings, java: str, main: list[str]) -> list[str
 
 # ---- Airflow -------------------------------------------------------------------------------
 
-def path_with(first: Path) -> str:
+def path_with(*first: Path) -> str:
     """Return PATH with `first` in front, once: the same whoever runs `make up` (stackctl puts the
     venv in front of its children's PATH already), so a second `make up` renders the same
     files and restarts nothing."""
-    entries = [e for e in os.environ.get("PATH", "/usr/bin:/bin").split(":") if e and e != str(first)]
+    front = [str(f) for f in first]
+    entries = [e for e in os.environ.get("PATH", "/usr/bin:/bin").split(":") if e and e not in front]
     if os.geteuid() == 0:  # the service user cannot enter root's home: no use searching it
         entries = [e for e in entries if not Path(e).is_relative_to(Path.home())]
-    return ":".join([str(first), *dict.fromkeys(entries)])
+    return ":".join([*front, *dict.fromkeys(entries)])
 
 
 def scoped_env_file(s: StackSettings, scope: str) -> Path:
@@ -245,6 +268,7 @@ def write_scoped_env_files(s: StackSettings, env: Env) -> None:
     # environment (IOT_CACHE_DIR set, as base_env sets it) then renders the same files, and
     # restarts nothing
     values["IOT_CACHE_DIR"] = str(s.cache_dir)
+    values["SPARK_SCRATCH_DIR"] = str(s.scratch_dirs["services"])  # not stackctl's, which differs as root
     for scope in SCOPED_SECRETS:
         write_private(scoped_env_file(s, scope), _quote_env(scoped(values, scope)))
 
@@ -253,7 +277,8 @@ def base_env(s: StackSettings) -> dict[str, str]:
     """Return what every process of the stack needs: the venv, the repo, the pipeline jobs'
     env file (no secret but the pipeline's own), Spark's config."""
     return {
-        "PATH": path_with(s.venv / "bin"),
+        # the stack's spark-submit first, then the venv's (stack/bin/spark/spark-submit)
+        "PATH": path_with(s.app / "stack" / "bin" / "spark", s.venv / "bin"),
         "PYTHONPATH": str(s.app),
         "IOT_ENV_FILE": str(scoped_env_file(s, "jobs")),
         # where the Spark jobs find their jars, whoever they run as (common/env.py)
@@ -262,6 +287,9 @@ def base_env(s: StackSettings) -> dict[str, str]:
         "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
         # Spark's web UI binds to SPARK_LOCAL_IP, else to every interface.
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+        # the stack's spark-submit (first on PATH) keeps each driver's temporary files in a
+        # folder of its own under SPARK_SCRATCH_DIR, not /tmp (jobs/scratch.py)
+        "SPARK_SCRATCH_DIR": str(s.scratch_dirs["services"]),
     }
 
 
@@ -363,7 +391,7 @@ def render_all(s: StackSettings, java: str, pg_bindir: Path) -> None:
     for d in (s.run_dir, s.log_dir, s.spark_conf_dir):
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
     make_home_private(s, (s.state / "kafka" / "data", s.state / "minio" / "data", s.airflow_home,
-                          s.superset_home))
+                          s.superset_home, s.scratch_dirs["services"]))
     write_private(s.run_dir / "kafka-server.properties", kafka_properties(s))
     write_private(s.run_dir / "kafka-log4j2.properties", KAFKA_LOG4J2)
     write_private(s.run_dir / "minio.env", _quote_env({

@@ -269,6 +269,13 @@ class StackSettings:
         return self.root_dir / "run" if self.service_user else self.home / "run"
 
     @property
+    def scratch_dirs(self) -> dict[str, Path]:
+        """Return SPARK_SCRATCH_DIR (jobs/scratch.py) of the services' Spark drivers ("services")
+        and of those you start with stackctl ("stackctl": the tests', ad hoc ones): the same
+        folder, except as root, where each user writes only in a folder of its own."""
+        return {"services": self.state / "tmp", "stackctl": self.home / "tmp"}
+
+    @property
     def log_dir(self) -> Path:
         """Return the folder of every service's log (supervisord writes them)."""
         return self.root_dir / "logs" if self.service_user else self.home / "logs"

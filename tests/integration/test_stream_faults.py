@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from jobs.scratch import driver_folder_name
 from stack import manager
 from stack.init import kafka_ready, pg_ready
 from stack.probes import http_ok, wait_for
@@ -27,6 +29,7 @@ from tests.integration.pipeline_kit import (
 pytestmark = pytest.mark.integration
 
 SEED, SENSORS, BAD_RATE = 77, 20, 0.05
+SPARK_TEMP_PATTERNS = ("blockmgr-*", "spark-*", "artifacts-*", "liblz4-java-*", "snappy-*", "hadoop-*")
 
 
 @pytest.fixture
@@ -41,13 +44,16 @@ def pipeline(stack):
 @pytest.mark.timeout(1500)
 def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack, lake, pipeline, tmp_path):
     p = pipeline
+    scratch = Path(os.environ["SPARK_SCRATCH_DIR"])  # stackctl's (jobs/scratch.py)
     producer_log = tmp_path / "producer.log"
     # Runs until SIGTERM after the last kill; what it sent is the first N records of its
     # seeded sequence, N from its summary.
     producer = start_producer(p, producer_log, "--rate", "200", "--seed", str(SEED),
                               "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
     kills = []
+    killed_folders = []
     driver = None
+    spark_in_tmp = spark_temp_entries(Path("/tmp"))
     try:
         for round_no in range(5):
             driver = p.start(tmp_path / f"driver-{round_no}.log", "--trigger-seconds", "1")
@@ -62,8 +68,13 @@ def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack, lake, pipeline
                 wait_for("a new committed batch", lambda b=before: p.health_batches() > b, 240)
                 moment = "after a PostgreSQL commit"
             assert driver.poll() is None, (tmp_path / f"driver-{round_no}.log").read_text()[-3000:]
+            # the driver's JVM (stackctl execs into it) keeps its temporary files in a folder of its own
+            folder = scratch / driver_folder_name(driver.pid)
+            assert any(folder.glob("blockmgr-*")), sorted(scratch.iterdir())
             p.kill9(driver)
             kills.append(moment)
+            killed_folders.append(folder)
+            assert folder.is_dir()  # what kill -9 leaves, until the next driver starts
         producer.send_signal(signal.SIGTERM)
         assert producer.wait(timeout=120) == 0, producer_log.read_text()[-3000:]
     finally:
@@ -80,6 +91,14 @@ def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack, lake, pipeline
     result = p.run_once()  # restart once more and drain
     assert result.returncode == 0, result.stderr[-4000:]
     assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
+    # each new driver removed the folders of those killed before it; none left a file in /tmp
+    assert [f for f in killed_folders if f.exists()] == []
+    assert spark_temp_entries(Path("/tmp")) - spark_in_tmp == set()
+
+
+def spark_temp_entries(folder: Path) -> set[str]:
+    """Return the names in `folder` that Spark's JVM and its libraries make in a temp folder."""
+    return {p.name for pattern in SPARK_TEMP_PATTERNS for p in folder.glob(pattern)}
 
 
 @pytest.mark.timeout(1200)

@@ -4,6 +4,8 @@ transformations use Spark's built-in functions only."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -12,12 +14,20 @@ def spark():
     """Return a local SparkSession shared by the unit tier."""
     from pyspark.sql import SparkSession
 
-    session = (SparkSession.builder.master("local[2]").appName("unit-tests")
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "2")
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
-               .getOrCreate())
+    from jobs.scratch import jvm_tmpdir, spark_scratch_conf
+
+    builder = SparkSession.builder
+    # its temporary files where the stack's drivers keep theirs (jobs/scratch.py)
+    scratch = spark_scratch_conf(os.environ.get("SPARK_SCRATCH_DIR"), "-Duser.timezone=UTC")
+    for key, value in scratch.items():
+        builder = builder.config(key, value)
+    with jvm_tmpdir(scratch):
+        session = (builder.master("local[2]").appName("unit-tests")
+                   .config("spark.ui.enabled", "false")
+                   .config("spark.sql.shuffle.partitions", "2")
+                   .config("spark.sql.session.timeZone", "UTC")
+                   .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+                   .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
