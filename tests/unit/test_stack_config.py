@@ -320,7 +320,9 @@ def test_the_rendered_path_is_the_same_whoever_runs_make_up(settings, monkeypatc
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     plain = airflow_env(settings)["PATH"]
     monkeypatch.setenv("PATH", f"{settings.venv / 'bin'}:{settings.venv / 'bin'}:/usr/bin:/bin:/usr/bin")
-    assert airflow_env(settings)["PATH"] == plain == f"{settings.venv / 'bin'}:/usr/bin:/bin"
+    # the stack's spark-submit first (stack/bin/spark/spark-submit), then the venv's
+    shim = settings.app / "stack" / "bin" / "spark"
+    assert airflow_env(settings)["PATH"] == plain == f"{shim}:{settings.venv / 'bin'}:/usr/bin:/bin"
 
 
 def test_scoped_env_files_are_the_same_whether_the_cache_comes_from_the_environment_or_not(settings):
