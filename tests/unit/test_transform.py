@@ -259,6 +259,40 @@ def test_bronze_keeps_every_record_as_received(spark):
     assert {str(r.kafka_date) for r in out} == {"2026-11-26"}
 
 
+def test_bronze_and_quarantine_rows_carry_the_time_they_were_written(spark):
+    rows = validate(parse(kafka_rows(spark, [serialize(GOOD), b"{oops"])))
+    before = datetime.now(UTC).replace(microsecond=0)
+    bronze = to_bronze(kafka_rows(spark, [serialize(GOOD)])).collect()
+    quarantined = quarantine(rows).collect()
+    after = datetime.now(UTC)
+    assert len(bronze) == len(quarantined) == 1
+    assert before <= bronze[0].ingest_time.astimezone(UTC) <= after
+    assert before <= quarantined[0].quarantined_at.astimezone(UTC) <= after
+
+
+def test_a_micro_batch_compiles_no_new_code_after_the_first(spark):
+    # A literal that changes per batch (current_timestamp() is one) is written into the
+    # generated Java source: every batch then paid Janino compilations and JIT work on new
+    # classes, a fifth of the stream's CPU. The second batch must reuse the first one's code.
+    from jobs.sinks import curated_csv_column
+
+    compilations = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+
+    def one_batch(first_offset: int) -> None:
+        rows = [(b"k", v, "t", 0, first_offset + i, KAFKA_TS, 0)
+                for i, v in enumerate([serialize(GOOD), b"{oops", with_(seq=first_offset)])]
+        batch = spark.createDataFrame(rows, kafka_rows(spark, []).schema)
+        checked = validate(parse(batch))
+        checked.select("partition", "offset", "failed_rules", curated_csv_column(Thresholds())).collect()
+        to_bronze(batch).collect()
+        quarantine(checked).collect()
+
+    one_batch(0)
+    before = compilations.getCount()
+    one_batch(1000)
+    assert compilations.getCount() - before == 0
+
+
 def test_rule_failure_counts(spark):
     values = [serialize(GOOD), b"{", b"[]", with_(city="Gotham"), with_(city="Gotham", seq="x")]
     counts = rule_failure_counts(validate(parse(kafka_rows(spark, values))))
