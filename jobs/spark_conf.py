@@ -8,6 +8,7 @@ No pyspark import here: the stack and the DAGs read it without starting a JVM.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -26,16 +27,30 @@ def spark_jars_dir(env: Env) -> Path:
     return Path(env.get("SPARK_JARS_DIR", str(cache / "jars" / "spark")))
 
 
+LOG_STORE_SOURCE = Path(__file__).resolve().parent / "jvm" / "iot" / "lakehouse" / "delta" / "StartAfterS3LogStore.java"
+LOG_STORE_CLASS = "iot.lakehouse.delta.StartAfterS3LogStore"
+
+
+def log_store_jar(jars_dir: Path) -> Path:
+    """Return where `make up` builds the project's Delta log store (LOG_STORE_SOURCE) for this
+    version of its source: under the Spark jars' folder, in one of its own, named by its hash."""
+    digest = hashlib.sha256(LOG_STORE_SOURCE.read_bytes()).hexdigest()[:12]
+    return jars_dir / "iot" / f"iot-lakehouse-logstore-{digest}.jar"
+
+
 def spark_jars(env: Env) -> list[str]:
     """Return the local paths of the extra jars; raise naming the fix when they are missing."""
     folder = spark_jars_dir(env)
     jars = sorted(str(p) for p in folder.glob("*.jar"))
     if not any("delta-spark" in j for j in jars):
         raise FileNotFoundError(
-            f"no Delta/Kafka/S3A jars in {folder}: run `make up` (or `make jars`) to fetch them "
-            "with Maven, or set SPARK_JARS_DIR"
+            f"no Delta/Kafka/S3A jars in {folder}: run `make up` to fetch them with Maven, or set SPARK_JARS_DIR"
         )
-    return jars
+    log_store = log_store_jar(folder)
+    if not log_store.is_file():
+        raise FileNotFoundError(f"no {log_store} (the project's Delta log store, built from {LOG_STORE_SOURCE.name} "
+                                "with the JDK's javac): run `make up` to build it")
+    return [*jars, str(log_store)]
 
 
 def delta_log_retention(env: Env) -> str:
@@ -78,6 +93,15 @@ def lakehouse_spark_conf(env: Env, *, include_secrets: bool = True) -> dict[str,
         "spark.hadoop.fs.s3a.aws.credentials.provider": (
             "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
         ),
+        # Delta lists a table's _delta_log from a version on with S3's start-after, instead of
+        # listing the whole folder several times a commit: the tables' aging, where each commit
+        # cost more the longer the log grew (jobs/jvm/.../StartAfterS3LogStore.java)
+        "spark.delta.logStore.s3a.impl": LOG_STORE_CLASS,
+        # Creating a file skips S3A's probes for a directory or a file in its way (HEAD and LIST
+        # calls); mkdir skips walking its parents. Safe here: Delta checks that a commit file is
+        # new itself (one writer per table, jobs/maintenance.py), data files have unique names,
+        # and Spark's checkpoint writes a unique temporary file and renames it, which still checks.
+        "spark.hadoop.fs.s3a.performance.flags": "create,mkdir",
         # Fail fast on an outage instead of retrying for minutes; the stream restarts from
         # its checkpoint (ARCHITECTURE.md invariant 5).
         "spark.hadoop.fs.s3a.attempts.maximum": "3",

@@ -4,6 +4,14 @@ including a table made before that setting existed."""
 
 from __future__ import annotations
 
+import json
+import os
+import select
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+
 import pytest
 
 from jobs.sinks import DeltaSink
@@ -48,3 +56,94 @@ def test_an_older_table_gets_the_bounded_log_on_the_stream_s_first_write(lake, p
     fresh = pipeline.path("quarantine")
     DeltaSink(fresh, properties={"delta.logRetentionDuration": "interval 168 hours"}).write(rows, "query-1", 0)
     assert table_properties(lake, fresh)["delta.logRetentionDuration"] == "interval 168 hours"
+
+
+class S3Trace:
+    """Every S3 call MinIO serves meanwhile (`mc admin trace`, with the stack's root login in
+    mc's environment, not on its command line): what reached the object store, whichever
+    client sent it (S3A's, or the SDK client Delta's log store uses)."""
+
+    def __init__(self, stack, pipeline, scratch: Path) -> None:
+        self.pipeline = pipeline
+        self.env = {**os.environ, "MC_CONFIG_DIR": str(scratch / "mc"),
+                    "MC_HOST_lakehouse": f"http://{stack.minio_root_user}:{stack.minio_root_password}"
+                                         f"@127.0.0.1:{stack.minio_port}"}
+        self.mc = str(stack.gobin / "mc")
+        self.proc = None
+        self.events: list[dict] = []
+
+    def _mark(self, name: str) -> str:
+        key = f"{self.pipeline.prefix}/trace-marks/{name}"
+        self.pipeline.s3().put_object(Bucket=self.pipeline.stack.bucket, Key=key, Body=b"")
+        return key
+
+    def _read_until(self, key: str, timeout_s: float = 60) -> list[dict]:
+        events = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            if key in event.get("path", ""):
+                return events
+            events.append(event)
+        raise AssertionError(f"mc admin trace did not show {key} within {timeout_s} s")
+
+    def __enter__(self) -> S3Trace:
+        self.proc = subprocess.Popen([self.mc, "admin", "trace", "--json", "lakehouse"], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # the trace is attached once it shows a call made after it started
+        key = None
+        for attempt in range(30):
+            key = self._mark(f"start-{attempt}")
+            try:
+                self._read_until(key, timeout_s=2)
+                return self
+            except AssertionError:
+                continue
+        raise AssertionError("mc admin trace showed none of 30 marker writes")
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.events = self._read_until(self._mark("end"))
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def count(self, api: str, path_part: str) -> int:
+        return sum(1 for e in self.events if e.get("api", "").removeprefix("s3.") == api
+                   and path_part in e.get("path", "") + "?" + urllib.parse.unquote(e.get("query", "")))
+
+
+def test_a_commit_costs_the_same_lists_however_long_the_log(stack, lake, pipeline, tmp_path):
+    # Delta's S3 log store listed a table's whole _delta_log (1,000 names a page) several times
+    # a commit, so every commit cost more the longer the log grew: the tables' aging. Ours
+    # (jobs/jvm/.../StartAfterS3LogStore.java) lists from the commit's version on.
+    path = pipeline.path("bronze")
+    rows = lake.createDataFrame([("a", "2026-11-30")], "value string, kafka_date string")
+    sink = DeltaSink(path)
+    for batch in range(2):
+        sink.write(rows, "query-1", batch)
+    log_prefix = path.removeprefix(f"s3a://{stack.bucket}/") + "/_delta_log"
+
+    def lists_of_one_commit(batch: int) -> int:
+        with S3Trace(stack, pipeline, tmp_path) as trace:
+            assert sink.write(rows, "query-1", batch) is True
+        return trace.count("ListObjectsV2", log_prefix)
+
+    short_log = lists_of_one_commit(2)
+    # 3,000 objects in the log folder that sort before every commit file, as a long log's old
+    # commits do (their names start with "." so that Delta reads none of them): three more
+    # pages for a listing of the whole folder
+    s3 = pipeline.s3()
+    for i in range(3000):
+        s3.put_object(Bucket=stack.bucket, Key=f"{log_prefix}/.old-{i:05d}", Body=b"")
+    long_log = lists_of_one_commit(3)
+    assert 1 <= short_log == long_log
+    assert lake.read.format("delta").load(path).count() == 4
+    assert [r.version for r in lake.sql(f"describe history delta.`{path}`").collect()] == [3, 2, 1, 0]

@@ -6,6 +6,7 @@ lints every Dockerfile, and the project's rules are asserted on the normalised m
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -233,3 +234,18 @@ def test_readme_docker_quick_start_matches_the_file(services):
     assert set(urls.values()) <= host_ports
     named = set(re.findall(r"docker compose (?:logs|restart|stop|start)(?: -f)? ([\w-]+)", section))
     assert named <= set(services)
+
+
+def test_the_image_builds_the_delta_log_store_where_the_jobs_look_for_it():
+    # the image's SPARK_JARS_DIR is /opt/iot/jars, a copy of the jars stage's /jars
+    from jobs.spark_conf import LOG_STORE_SOURCE, log_store_jar
+
+    text = (REPO_ROOT / "docker" / "Dockerfile").read_text()
+    source = LOG_STORE_SOURCE.relative_to(REPO_ROOT / "jobs")
+    assert f"source={source}" in text
+    expected = log_store_jar(Path("/jars"))
+    digest = expected.name.removeprefix("iot-lakehouse-logstore-").removesuffix(".jar")
+    # the shell names it by `sha256sum | cut -c1-12`: the same digest
+    assert digest == hashlib.sha256(LOG_STORE_SOURCE.read_bytes()).hexdigest()[:12]
+    assert '--file "/jars/iot/iot-lakehouse-logstore-$(sha256sum "$source" | cut -c1-12).jar"' in text
+    assert expected.parent == Path("/jars/iot")

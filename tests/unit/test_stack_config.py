@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.env import Env, MissingSetting, parse_env_file
-from jobs.spark_conf import lakehouse_spark_conf, render_spark_defaults
+from jobs.spark_conf import LOG_STORE_SOURCE, lakehouse_spark_conf, log_store_jar, render_spark_defaults
 from stack import init
 from stack.services import airflow_env, kafka_properties, supervisord_conf
 from stack.settings import GENERATED_SECRETS, ensure_env_file, load_settings
@@ -142,10 +143,18 @@ def test_pipeline_policy_covers_only_its_bucket():
     assert denied == [["admin:CreateServiceAccount"]]
 
 
+def fake_jars(folder: Path, *names: str) -> Path:
+    """Return a SPARK_JARS_DIR holding empty jars by `names` and the project's log store."""
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(b"")
+    log_store_jar(folder).parent.mkdir()
+    log_store_jar(folder).write_bytes(b"")
+    return folder
+
+
 def test_spark_defaults_never_holds_a_secret(tmp_path):
-    jars = tmp_path / "jars"
-    jars.mkdir()
-    (jars / "delta-spark_4.2_2.13-4.4.0.jar").write_bytes(b"")
+    jars = fake_jars(tmp_path / "jars", "delta-spark_4.2_2.13-4.4.0.jar")
     env = Env({"SPARK_JARS_DIR": str(jars), "S3_ACCESS_KEY": "k", "S3_SECRET_KEY": "s3cr3t"})
     with_secrets = lakehouse_spark_conf(env)
     assert with_secrets["spark.hadoop.fs.s3a.secret.key"] == "s3cr3t"
@@ -158,12 +167,9 @@ def test_spark_defaults_never_holds_a_secret(tmp_path):
 
 
 def test_jars_go_on_the_classpath_not_copied_per_driver(tmp_path):
-    jars = tmp_path / "jars"
-    jars.mkdir()
-    for name in ("bundle-2.35.4.jar", "delta-spark_4.2_2.13-4.4.0.jar"):
-        (jars / name).write_bytes(b"")
+    jars = fake_jars(tmp_path / "jars", "bundle-2.35.4.jar", "delta-spark_4.2_2.13-4.4.0.jar")
     conf = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars)}), include_secrets=False)
-    expected = f"{jars}/bundle-2.35.4.jar:{jars}/delta-spark_4.2_2.13-4.4.0.jar"
+    expected = f"{jars}/bundle-2.35.4.jar:{jars}/delta-spark_4.2_2.13-4.4.0.jar:{log_store_jar(jars)}"
     assert conf["spark.driver.extraClassPath"] == expected
     assert conf["spark.executor.extraClassPath"] == expected
     assert "spark.jars" not in conf  # each driver would copy every jar into its temp dir
@@ -171,8 +177,19 @@ def test_jars_go_on_the_classpath_not_copied_per_driver(tmp_path):
 
 def test_missing_jars_name_the_fix(tmp_path):
     env = Env({"SPARK_JARS_DIR": str(tmp_path), "S3_ACCESS_KEY": "k", "S3_SECRET_KEY": "s"})
-    with pytest.raises(FileNotFoundError, match="run `make up`"):
+    with pytest.raises(FileNotFoundError, match="run `make up` to fetch them"):
         lakehouse_spark_conf(env)
+    (tmp_path / "delta-spark_4.2_2.13-4.4.0.jar").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"the project's Delta log store.*run `make up` to build it"):
+        lakehouse_spark_conf(env)
+
+
+def test_the_delta_log_store_is_the_projects_and_its_jar_follows_its_source(tmp_path):
+    jars = fake_jars(tmp_path / "jars", "delta-spark_4.2_2.13-4.4.0.jar")
+    conf = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars)}), include_secrets=False)
+    assert conf["spark.delta.logStore.s3a.impl"] == "iot.lakehouse.delta.StartAfterS3LogStore"
+    digest = hashlib.sha256(LOG_STORE_SOURCE.read_bytes()).hexdigest()[:12]
+    assert log_store_jar(jars) == jars / "iot" / f"iot-lakehouse-logstore-{digest}.jar"
 
 
 def test_long_stack_home_moves_supervisor_socket_to_tmp(settings):
