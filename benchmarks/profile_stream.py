@@ -11,7 +11,12 @@ For --seconds, on the `iot_stream` DAG's driver as it runs (nothing of its own i
 - the object store: every S3 call MinIO served (`mc admin trace`), counted by API and by what
   it touched (a table's _delta_log or data, the checkpoint's offsets, commits, metadata),
   per micro-batch;
-- CPU seconds of the JVM and the driver, per micro-batch, from /proc.
+- CPU seconds of the JVM and the driver, per micro-batch, from /proc, and the JVM's by thread
+  (JIT compiler threads, the stream's execution thread, task threads, GC): what a batch costs
+  beyond the Java code JFR samples;
+- the classes the JVM loaded meanwhile: a plan whose generated code differs in every batch
+  shows up as new classes every batch (and JIT work on each).
+`--skip jfr,pyspy` leaves those recordings out (they cost CPU themselves); the rest is cheap.
 The recordings stay in --out (default a new folder under /tmp, printed; remove it after).
 py-spy comes from the venv (requirements.lock); jcmd and jfr from the JDK that runs Spark.
 """
@@ -103,6 +108,32 @@ def pyspy_stacks(collapsed: Path) -> list[list[str]]:
     return stacks
 
 
+THREAD_NUMBER = re.compile(r"[-#\s]*\d+$")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """Return CPU seconds per thread group of process `pid` (thread names without their number)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    groups: collections.Counter = collections.Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+        groups[THREAD_NUMBER.sub("", name) or name] += (int(fields[11]) + int(fields[12])) / ticks
+    return dict(groups)
+
+
+def loaded_classes(jvm: psutil.Process) -> int | None:
+    """Return how many classes the JVM has loaded so far (jcmd VM.classloader_stats' total)."""
+    jcmd = jdk_tool(jvm.exe(), "jcmd")
+    out = subprocess.run(as_owner(jvm, [jcmd, str(jvm.pid), "VM.classloader_stats"]), capture_output=True,
+                         text=True).stdout
+    total = next((line for line in out.splitlines() if line.startswith("Total =")), None)
+    return int(total.split()[3]) if total else None
+
+
 def s3_category(path: str, query: str, probe: Probe) -> str:
     """Name what an S3 request touched (a LIST names its prefix in the query)."""
     prefix_param = urllib.parse.parse_qs(query).get("prefix", [""])[0]
@@ -133,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=duration, default=duration("120"), help="how long to record (120)")
     parser.add_argument("--out", type=Path, default=None, help="where the recordings go (default: a new /tmp folder)")
     parser.add_argument("--top", type=int, default=25, help="lines per table (25)")
+    parser.add_argument("--skip", default="", help="leave out recordings: jfr, pyspy (comma-separated)")
     args = parser.parse_args(argv)
+    skip = {part.strip() for part in args.skip.split(",") if part.strip()}
+    if unknown := skip - {"jfr", "pyspy"}:
+        parser.error(f"argument --skip: unknown recording(s) {', '.join(sorted(unknown))}; choose from jfr, pyspy")
     env = Env.from_file(ENV_FILE)
     s = load_settings(env)
     probe = Probe(s, env)
@@ -154,15 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profile_stream: {seconds} s of JVM pid {jvm.pid} and driver pid {python.pid}; recordings in {out}",
           flush=True)
 
+    classes_before = loaded_classes(jvm)
+    threads_before = thread_cpu(jvm.pid)
     cpu_before = {p.pid: sum(p.cpu_times()[:2]) for p in (jvm, python)}
     started = datetime.now(UTC)
     jcmd = jdk_tool(jvm.exe(), "jcmd")
-    subprocess.run(as_owner(jvm, [jcmd, str(jvm.pid), "JFR.start", "name=iot-profile", "settings=profile",
-                                  f"duration={seconds}s", f"filename={recording}"]), check=True,
-                   capture_output=True)
-    spy = subprocess.Popen([pyspy, "record", "--pid", str(python.pid), "--duration", str(seconds), "--rate", "50",
-                            "--format", "raw", "--output", str(collapsed), "--nonblocking"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if "jfr" not in skip:
+        subprocess.run(as_owner(jvm, [jcmd, str(jvm.pid), "JFR.start", "name=iot-profile", "settings=profile",
+                                      f"duration={seconds}s", f"filename={recording}"]), check=True,
+                       capture_output=True)
+    spy = None if "pyspy" in skip else subprocess.Popen(
+        [pyspy, "record", "--pid", str(python.pid), "--duration", str(seconds), "--rate", "50",
+         "--format", "raw", "--output", str(collapsed), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     mc_env = {**os.environ, "MC_HOST_lakehouse": f"http://{s.minio_root_user}:{s.minio_root_password}"
                                                   f"@127.0.0.1:{s.minio_port}",
               "MC_CONFIG_DIR": str(out / "mc")}
@@ -194,12 +233,14 @@ def main(argv: list[str] | None = None) -> int:
             cpu_after[p.pid] = sum(p.cpu_times()[:2])
         except psutil.NoSuchProcess:
             cpu_after[p.pid] = cpu_before[p.pid]
-    spy_err = spy.communicate(timeout=seconds + 60)[1]
-    # JFR writes its file when the recording's duration ends
-    try:
-        wait_for("JFR to write its recording", recording.exists, 60)
-    except NotReady as exc:
-        print(f"profile_stream: {exc}", file=sys.stderr)
+    threads_after = thread_cpu(jvm.pid) if jvm.is_running() else threads_before
+    classes_after = loaded_classes(jvm) if jvm.is_running() else None
+    spy_err = spy.communicate(timeout=seconds + 60)[1] if spy else ""
+    if "jfr" not in skip:  # JFR writes its file when the recording's duration ends
+        try:
+            wait_for("JFR to write its recording", recording.exists, 60)
+        except NotReady as exc:
+            print(f"profile_stream: {exc}", file=sys.stderr)
 
     batches = probe.batches(started, ended)
     n = max(1, len(batches["total"]))
@@ -210,20 +251,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:15} {used:7.1f} CPU s = {used / (ended - started).total_seconds():.3f} cores, "
               f"{used / n:.3f} CPU s per batch")
 
+    jvm_used = cpu_after[jvm.pid] - cpu_before[jvm.pid]
+    by_thread = {name: threads_after.get(name, 0.0) - threads_before.get(name, 0.0) for name in threads_after}
+    ended_threads = jvm_used - sum(by_thread.values())
+    print(f"\nJVM CPU by thread (CPU s per batch, share of the JVM's); threads that ended meanwhile "
+          f"(task threads, mostly) {ended_threads / n:.3f} s")
+    for name, used in sorted(by_thread.items(), key=lambda kv: -kv[1])[:12]:
+        if used > 0:
+            print(f"  {used / n:7.3f} {used / max(jvm_used, 1e-9):6.1%}  {name}")
+    if classes_before is not None and classes_after is not None:
+        print(f"classes loaded meanwhile: {classes_after - classes_before} ({(classes_after - classes_before) / n:.1f} "
+              "per batch; generated code that differs per batch shows here)")
+
     total_calls = sum(calls.values())
     print(f"\nS3 calls: {total_calls} = {total_calls / n:.1f} per batch, MinIO's own time "
           f"{sum(server_ms.values()) / n:.0f} ms per batch (calls per batch, server ms per batch, API, what)")
     for (api, what), count in calls.most_common(args.top):
         print(f"  {count / n:6.2f} {server_ms[(api, what)] / n:7.1f}  {api:24} {what}")
 
-    if recording.exists():
+    if "jfr" in skip:
+        pass
+    elif recording.exists():
         stacks = jfr_stacks(jdk_tool(jvm.exe(), "jfr"), recording)
         self_top, incl_top = top_frames(stacks, args.top, keep=lambda f: bool(INTERESTING.match(f)))
         print_table(f"JVM: {len(stacks)} CPU samples, top of stack", self_top, len(stacks))
         print_table("JVM: inclusive, Spark/Delta/S3A/Kafka/Parquet frames", incl_top, len(stacks))
     else:
         print(f"\nno JFR recording at {recording}")
-    if collapsed.exists():
+    if "pyspy" in skip:
+        pass
+    elif collapsed.exists():
         stacks = pyspy_stacks(collapsed)
         self_top, incl_top = top_frames(stacks, args.top)
         print_table(f"PySpark driver: {len(stacks)} samples (idle included), top of stack", self_top, len(stacks))
