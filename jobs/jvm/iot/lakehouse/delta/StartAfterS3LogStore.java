@@ -11,6 +11,8 @@ import org.apache.hadoop.fs.FileStatus;
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
 import org.apache.hadoop.fs.s3a.S3AFileSystem;
+import org.apache.hadoop.fs.s3a.S3AUtils;
+import software.amazon.awssdk.core.exception.SdkException;
 import software.amazon.awssdk.services.s3.S3Client;
 import software.amazon.awssdk.services.s3.model.ListObjectsV2Request;
 import software.amazon.awssdk.services.s3.model.ListObjectsV2Response;
@@ -47,7 +49,12 @@ public class StartAfterS3LogStore extends S3SingleDriverLogStore {
     int slash = key.lastIndexOf('/');
     String folder = key.substring(0, slash + 1);
     String name = key.substring(slash + 1);
-    List<FileStatus> found = listAfter(s3a, folder, keyBefore(key), name);
+    List<FileStatus> found;
+    try {
+      found = listAfter(s3a, folder, keyBefore(key), name);
+    } catch (SdkException e) {  // as S3A reports it: an IOException Delta knows (a store outage)
+      throw S3AUtils.translateException("list " + folder + " from " + name, key, e);
+    }
     if (found.isEmpty()) {
       return super.listFrom(path, hadoopConf);
     }
