@@ -107,6 +107,14 @@ def lakehouse_spark_conf(env: Env, *, include_secrets: bool = True) -> dict[str,
         "spark.hadoop.fs.s3a.attempts.maximum": "3",
         "spark.hadoop.fs.s3a.retry.limit": "3",
         "spark.ui.showConsoleProgress": "false",
+        # Spark's web UI (port 4040 and up) has no login of its own: off, unless SPARK_UI_ENABLED
+        # (then on SPARK_LOCAL_IP, loopback), for a debugging session. A driver's status store
+        # keeps the last 100 jobs, stages and SQL executions (Spark keeps 1,000 each): the stream
+        # runs three or four a micro-batch for weeks.
+        "spark.ui.enabled": str(env.get_bool("SPARK_UI_ENABLED", False)).lower(),
+        "spark.ui.retainedJobs": "100",
+        "spark.ui.retainedStages": "100",
+        "spark.sql.ui.retainedExecutions": "100",
         # Services bind to loopback unless told otherwise (a cluster sets SPARK_DRIVER_HOST).
         "spark.driver.bindAddress": env.get("SPARK_DRIVER_BIND_ADDRESS", "127.0.0.1"),
         "spark.driver.host": env.get("SPARK_DRIVER_HOST", "127.0.0.1"),

@@ -391,3 +391,15 @@ def test_stack_lock_reads_versions_from_wheel_and_sdist_names():
     assert file_version("zope.interface-7.2.zip") == "7.2"
     assert file_version("README.md") is None
     assert canonical("Flask_Caching") == canonical("flask.caching") == "flask-caching"
+
+
+def test_spark_s_web_ui_which_has_no_login_is_off_unless_asked_for(tmp_path):
+    jars = fake_jars(tmp_path / "jars", "delta-spark_4.2_2.13-4.4.0.jar")
+    conf = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars)}), include_secrets=False)
+    assert conf["spark.ui.enabled"] == "false"
+    assert (conf["spark.ui.retainedJobs"], conf["spark.ui.retainedStages"], conf["spark.sql.ui.retainedExecutions"]) \
+        == ("100", "100", "100")
+    on = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars), "SPARK_UI_ENABLED": "true"}), include_secrets=False)
+    assert on["spark.ui.enabled"] == "true"
+    with pytest.raises(ValueError, match="SPARK_UI_ENABLED"):
+        lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars), "SPARK_UI_ENABLED": "maybe"}), include_secrets=False)
