@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from jobs.transform import CURATED_COLUMNS, curated_columns
+from jobs.transform import CURATED_COLUMNS, built_once, curated_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -109,6 +109,7 @@ class DeltaSink:
 CSV_OPTIONS = {"escape": '"', "quote": '"', "nullValue": "", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
 
 
+@built_once
 def curated_csv_column(thresholds):
     """Return a Column: the record's curated row as a CSV line (CURATED_COLUMNS order) when it
     is valid, else null. Built on the executors."""
@@ -116,6 +117,15 @@ def curated_csv_column(thresholds):
 
     line = F.to_csv(F.struct(*curated_columns(thresholds)), CSV_OPTIONS)
     return F.when(F.size("failed_rules") == 0, line)
+
+
+@built_once
+def batch_summary_columns(thresholds) -> tuple:
+    """Return what the stream collects of each record: partition, offset, failed rules and, if
+    valid, its curated CSV line (jobs/transform.summarize reads them in this order)."""
+    from pyspark.sql import functions as F
+
+    return F.col("partition"), F.col("offset"), F.col("failed_rules"), curated_csv_column(thresholds)
 
 
 def curated_csv_lines(curated_rows: DataFrame) -> list[str]:

@@ -33,7 +33,7 @@ from common.env import Env
 from common.kafka import STREAM_GROUP_PREFIX, KafkaLogin
 from jobs.maintenance import LakeMaintenance, WriterLock, writer_resources
 from jobs.session import pg_connect_kwargs
-from jobs.sinks import DeltaSink, PostgresSink, curated_csv_column
+from jobs.sinks import DeltaSink, PostgresSink, batch_summary_columns
 from jobs.spark_conf import delta_log_retention
 from jobs.transform import Thresholds, parse, quarantine, summarize, to_bronze, validate
 
@@ -249,8 +249,7 @@ class BatchProcessor:
         checked = validate(parse(batch)).persist()
         try:
             # one Spark job: every record's coordinates, failed rules and, if valid, its CSV row
-            stats, valid = summarize(checked.select(
-                "partition", "offset", "failed_rules", curated_csv_column(self.settings.thresholds)).collect())
+            stats, valid = summarize(checked.select(*batch_summary_columns(self.settings.thresholds)).collect())
             rows_in, quarantined, failures = stats.rows, stats.quarantined, stats.rule_failures
             lines = [row[3] for row in valid]
             end_offsets = {**self.end_offsets, **stats.next_offsets}
