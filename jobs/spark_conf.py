@@ -97,6 +97,9 @@ def lakehouse_spark_conf(env: Env, *, include_secrets: bool = True) -> dict[str,
         # listing the whole folder several times a commit: the tables' aging, where each commit
         # cost more the longer the log grew (jobs/jvm/.../StartAfterS3LogStore.java)
         "spark.delta.logStore.s3a.impl": LOG_STORE_CLASS,
+        # Hadoop makes its local folders (S3A's upload buffers under hadoop.tmp.dir) with its own
+        # umask, not the process's: 022 by default. The stack's files are private to their user.
+        "spark.hadoop.fs.permissions.umask-mode": "077",
         # Creating a file skips S3A's probes for a directory or a file in its way (HEAD and LIST
         # calls); mkdir skips walking its parents. Safe here: Delta checks that a commit file is
         # new itself (one writer per table, jobs/maintenance.py), data files have unique names,

@@ -245,7 +245,10 @@ def path_with(*first: Path) -> str:
     venv in front of its children's PATH already), so a second `make up` renders the same
     files and restarts nothing."""
     front = [str(f) for f in first]
-    entries = [e for e in os.environ.get("PATH", "/usr/bin:/bin").split(":") if e and e not in front]
+    # nor the stack's spark-submit folder, which only Airflow's and the jobs' PATH has, where
+    # `first` names it: a `make up` from their environment (the tests') must render the same
+    entries = [e for e in os.environ.get("PATH", "/usr/bin:/bin").split(":")
+               if e and e not in front and Path(e).parts[-3:] != ("stack", "bin", "spark")]
     if os.geteuid() == 0:  # the service user cannot enter root's home: no use searching it
         entries = [e for e in entries if not Path(e).is_relative_to(Path.home())]
     return ":".join([*front, *dict.fromkeys(entries)])

@@ -39,7 +39,12 @@ class DagRunner:
 def use_airflow_environment(stack: StackSettings) -> None:
     """Give this process the environment the stack's Airflow components run with (metadata DB,
     AIRFLOW_CONN_*, the venv's spark-submit). Call before airflow is first imported."""
-    os.environ.update(airflow_env(stack))
+    env = airflow_env(stack)
+    # but this process's Spark drivers (its own session, and the spark-submit a DAG test starts)
+    # run as this user: their temporary files go to stackctl's scratch folder, not into the
+    # services' (the service user's own, as root)
+    env["SPARK_SCRATCH_DIR"] = str(stack.scratch_dirs["stackctl"])
+    os.environ.update(env)
 
 
 __all__ = ["DagRunner", "airflow_api", "use_airflow_environment"]

@@ -44,7 +44,7 @@ def pipeline(stack):
 @pytest.mark.timeout(1500)
 def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack, lake, pipeline, tmp_path):
     p = pipeline
-    scratch = Path(os.environ["SPARK_SCRATCH_DIR"])  # stackctl's (jobs/scratch.py)
+    scratch = stack.scratch_dirs["stackctl"]  # where `stackctl spark-submit` puts drivers (jobs/scratch.py)
     producer_log = tmp_path / "producer.log"
     # Runs until SIGTERM after the last kill; what it sent is the first N records of its
     # seeded sequence, N from its summary.

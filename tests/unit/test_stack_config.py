@@ -342,6 +342,19 @@ def test_the_rendered_path_is_the_same_whoever_runs_make_up(settings, monkeypatc
     assert airflow_env(settings)["PATH"] == plain == f"{shim}:{settings.venv / 'bin'}:/usr/bin:/bin"
 
 
+def test_superset_s_path_is_the_same_from_airflow_s_environment(settings, monkeypatch):
+    # the tests run `make up` with Airflow's environment, whose PATH has the stack's
+    # spark-submit folder: Superset's PATH (which has no use for it) must not pick it up, else
+    # that `make up` restarts Superset (a CI failure of test_second_up_is_harmless)
+    from stack.services import airflow_env, superset_env
+
+    monkeypatch.setenv("PATH", f"{settings.venv / 'bin'}:/usr/bin:/bin")
+    plain = superset_env(settings)["PATH"]
+    monkeypatch.setenv("PATH", f"{settings.venv / 'bin'}:{airflow_env(settings)['PATH']}")
+    expected = f"{settings.superset_venv / 'bin'}:{settings.venv / 'bin'}:/usr/bin:/bin"
+    assert superset_env(settings)["PATH"] == plain == expected
+
+
 def test_scoped_env_files_are_the_same_whether_the_cache_comes_from_the_environment_or_not(settings):
     # a `make up` run from a process with the services' environment (IOT_CACHE_DIR set by
     # base_env, as the integration tests have it) must render the same files: else it restarts
