@@ -36,15 +36,18 @@ class DagRunner:
         return str(run.state)
 
 
+def airflow_environment(stack: StackSettings) -> dict[str, str]:
+    """Return the environment the stack's Airflow components run with (metadata DB,
+    AIRFLOW_CONN_*, the stack's spark-submit), for processes of this user: the Spark drivers
+    they start (a DAG test's spark-submit, the tests' own) keep their temporary files in
+    stackctl's scratch folder, not in the services' (the service user's own, as root)."""
+    return {**airflow_env(stack), "SPARK_SCRATCH_DIR": str(stack.scratch_dirs["stackctl"])}
+
+
 def use_airflow_environment(stack: StackSettings) -> None:
-    """Give this process the environment the stack's Airflow components run with (metadata DB,
-    AIRFLOW_CONN_*, the venv's spark-submit). Call before airflow is first imported."""
-    env = airflow_env(stack)
-    # but this process's Spark drivers (its own session, and the spark-submit a DAG test starts)
-    # run as this user: their temporary files go to stackctl's scratch folder, not into the
-    # services' (the service user's own, as root)
-    env["SPARK_SCRATCH_DIR"] = str(stack.scratch_dirs["stackctl"])
-    os.environ.update(env)
+    """Give this process Airflow's environment (airflow_environment). Call before airflow is
+    first imported."""
+    os.environ.update(airflow_environment(stack))
 
 
-__all__ = ["DagRunner", "airflow_api", "use_airflow_environment"]
+__all__ = ["DagRunner", "airflow_api", "airflow_environment", "use_airflow_environment"]

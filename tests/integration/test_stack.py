@@ -24,7 +24,8 @@ from kafka.admin import NewTopic
 
 from stack.manager import Supervisor, stream_driver_processes
 from stack.probes import airflow_health, wait_for
-from stack.services import AIRFLOW_PROGRAMS, airflow_env
+from stack.services import AIRFLOW_PROGRAMS
+from tests.integration.airflow_kit import airflow_environment
 
 pytestmark = pytest.mark.integration
 
@@ -237,7 +238,7 @@ def test_spark_submit_reaches_delta_on_s3_kafka_and_jdbc(stack, topic, mart_tabl
 
     prefix = f"tests/{unique_name('spark')}"
     delta_path = f"s3a://{stack.bucket}/{prefix}/delta"
-    env = {**os.environ, **airflow_env(stack)}
+    env = {**os.environ, **airflow_environment(stack)}
     result = subprocess.run(
         [str(stack.venv / "bin" / "spark-submit"), "--master", "local[2]",
          str(stack.repo / "jobs" / "stack_check.py"), "--kafka-role", "admin",
@@ -273,7 +274,7 @@ def test_airflow_dagbag_has_no_import_errors(stack):
         "print(json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()}, "
         "'dags': sorted(b.dag_ids)}))"
     )
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **airflow_env(stack)},
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **airflow_environment(stack)},
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     bag = json.loads(result.stdout.strip().splitlines()[-1])
