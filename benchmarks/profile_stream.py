@@ -42,6 +42,7 @@ import psutil
 
 from benchmarks.soak import Probe, duration, pipeline_drivers
 from common.env import Env
+from stack.init import mc_root_env
 from stack.probes import NotReady, wait_for
 from stack.settings import ENV_FILE, load_settings
 
@@ -202,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         [pyspy, "record", "--pid", str(python.pid), "--duration", str(seconds), "--rate", "50",
          "--format", "raw", "--output", str(collapsed), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    mc_env = {**os.environ, "MC_HOST_lakehouse": f"http://{s.minio_root_user}:{s.minio_root_password}"
-                                                  f"@127.0.0.1:{s.minio_port}",
-              "MC_CONFIG_DIR": str(out / "mc")}
+    mc_env = mc_root_env(s, out / "mc")
     trace = subprocess.Popen([str(s.gobin / "mc"), "admin", "trace", "--json", "lakehouse"], env=mc_env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     calls: collections.Counter = collections.Counter()

@@ -230,13 +230,18 @@ def bucket_policy(bucket: str) -> dict:
     return json.loads(json.dumps(template).replace("${BUCKET}", bucket))
 
 
+def mc_root_env(s: StackSettings, config_dir: Path) -> dict[str, str]:
+    """Return an environment in which mc's alias `lakehouse` is the stack's MinIO as root: the
+    login goes through the environment, never on mc's command line."""
+    return {**os.environ,
+            "MC_HOST_lakehouse": f"http://{s.minio_root_user}:{s.minio_root_password}@127.0.0.1:{s.minio_port}",
+            "MC_CONFIG_DIR": str(config_dir)}
+
+
 def _mc(s: StackSettings, *args: str, stdin: str | None = None) -> dict | list:
     """Run mc --json against the stack's MinIO as root; secrets go through the environment
     (the alias) and `stdin`, never on its command line."""
-    env = {**os.environ,
-           "MC_HOST_lakehouse": f"http://{s.minio_root_user}:{s.minio_root_password}"
-                                f"@127.0.0.1:{s.minio_port}",
-           "MC_CONFIG_DIR": str(s.run_dir / "mc")}
+    env = mc_root_env(s, s.run_dir / "mc")
     result = subprocess.run([str(s.gobin / "mc"), "--json", *args], env=env, input=stdin or "",
                             capture_output=True, text=True)
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]

@@ -5,7 +5,6 @@ including a table made before that setting existed."""
 from __future__ import annotations
 
 import json
-import os
 import select
 import subprocess
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from jobs.sinks import DeltaSink
+from stack.init import mc_root_env
 from tests.integration.pipeline_kit import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -65,9 +65,7 @@ class S3Trace:
 
     def __init__(self, stack, pipeline, scratch: Path) -> None:
         self.pipeline = pipeline
-        self.env = {**os.environ, "MC_CONFIG_DIR": str(scratch / "mc"),
-                    "MC_HOST_lakehouse": f"http://{stack.minio_root_user}:{stack.minio_root_password}"
-                                         f"@127.0.0.1:{stack.minio_port}"}
+        self.env = mc_root_env(stack, scratch / "mc")
         self.mc = str(stack.gobin / "mc")
         self.proc = None
         self.events: list[dict] = []
