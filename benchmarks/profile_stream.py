@@ -10,7 +10,7 @@ For --seconds, on the `iot_stream` DAG's driver as it runs (nothing of its own i
 - the PySpark driver (our foreachBatch code, py4j calls): py-spy, printed the same way;
 - the object store: every S3 call MinIO served (`mc admin trace`), counted by API and by what
   it touched (a table's _delta_log or data, the checkpoint's offsets, commits, metadata),
-  per micro-batch;
+  per micro-batch (each call is kept in s3-calls.jsonl);
 - CPU seconds of the JVM and the driver, per micro-batch, from /proc, and the JVM's by thread
   (JIT compiler threads, the stream's execution thread, task threads, GC): what a batch costs
   beyond the Java code JFR samples;
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     calls: collections.Counter = collections.Counter()
     server_ms: collections.Counter = collections.Counter()
     deadline = time.monotonic() + seconds
+    raw_calls = (out / "s3-calls.jsonl").open("w")  # every call, to see which object a count is
     while (left := deadline - time.monotonic()) > 0:
         ready, _, _ = select.select([trace.stdout], [], [], left)
         if not ready:
@@ -220,11 +221,13 @@ def main(argv: list[str] | None = None) -> int:
             event = json.loads(line)
         except ValueError:
             continue
+        raw_calls.write(line)
         key = (event.get("api", "?").removeprefix("s3."),
                s3_category(event.get("path", ""), event.get("query", ""), probe))
         calls[key] += 1
         server_ms[key] += event.get("duration", 0) / 1e6
     trace.terminate()
+    raw_calls.close()
     ended = datetime.now(UTC)
     cpu_after = {}
     for p in (jvm, python):

@@ -88,27 +88,29 @@ def fetch_jars(settings: StackSettings) -> bool:
     return ran
 
 
-def build_log_store(settings: StackSettings, java: str) -> bool:
-    """Compile the project's Delta log store (jobs/spark_conf.LOG_STORE_SOURCE) into its jar
-    beside the Spark jars, with the javac of the JDK that runs Spark; return True if it ran."""
-    from jobs.spark_conf import LOG_STORE_SOURCE, log_store_jar
+def build_project_jar(settings: StackSettings, java: str) -> bool:
+    """Compile the project's JVM classes (jobs/jvm: the Delta log store and the checkpoint file
+    manager) into their jar beside the Spark jars, with the javac of the JDK that runs Spark;
+    return True if it ran."""
+    from jobs.spark_conf import JVM_SOURCES, jvm_source_files, project_jar
 
-    jar = log_store_jar(settings.jars_dir / "spark")
+    jar = project_jar(settings.jars_dir / "spark")
     if jar.is_file():
         return False
     javac = Path(java).resolve().parent / "javac"
     if not javac.exists():
-        raise MissingPrerequisite(f"no javac beside {java}: the project's Delta log store is compiled at `make up`. "
-                                  "Install the JDK (Debian: `apt-get install openjdk-17-jdk-headless`)")
-    hadoop_api = sorted(settings.venv.glob("lib/python3*/site-packages/pyspark/jars/hadoop-client-api-*.jar"))
-    if not hadoop_api:
-        raise MissingPrerequisite(f"no hadoop-client-api jar in pyspark under {settings.venv}: the venv is incomplete")
-    log.info("compiling %s into %s", LOG_STORE_SOURCE.name, jar)
+        raise MissingPrerequisite(f"no javac beside {java}: the project's JVM classes (jobs/jvm) are compiled at "
+                                  "`make up`. Install the JDK (Debian: `apt-get install openjdk-17-jdk-headless`)")
+    pyspark_jars = sorted(settings.venv.glob("lib/python3*/site-packages/pyspark/jars"))
+    if not pyspark_jars or not any(pyspark_jars[-1].glob("hadoop-client-api-*.jar")):
+        raise MissingPrerequisite(f"no pyspark jars (Spark's, Hadoop's API) under {settings.venv}: "
+                                  "the venv is incomplete")
+    log.info("compiling %s into %s", JVM_SOURCES, jar)
     jar.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=jar.parent) as scratch:
-        classpath = os.pathsep.join([str(jar.parent.parent / "*"), str(hadoop_api[-1])])
-        subprocess.run([str(javac), "--release", "17", "-Xlint:all,-path", "-Werror", "-cp", classpath,
-                        "-d", scratch, str(LOG_STORE_SOURCE)], check=True)
+        classpath = os.pathsep.join([str(jar.parent.parent / "*"), str(pyspark_jars[-1] / "*")])
+        subprocess.run([str(javac), "--release", "17", "-Xlint:all,-path,-processing", "-Werror", "-cp", classpath,
+                        "-d", scratch, *map(str, jvm_source_files())], check=True)
         built = Path(scratch) / jar.name
         subprocess.run([str(javac.parent / "jar"), "--create", "--file", str(built), "-C", scratch, "iot"], check=True)
         built.replace(jar)  # whole or not at all: a concurrent `make up` of another clone sees no half jar

@@ -156,7 +156,7 @@ def up(s: StackSettings) -> dict[str, float]:
     pg_bindir = install.postgres_bindir()
     installed = install.build_superset_venv(s)
     installed |= install.fetch_jars(s) | install.build_go_binaries(s)
-    installed |= install.build_log_store(s, java)
+    installed |= install.build_project_jar(s, java)
     if s.service_user:
         # as root, the services run as an unprivileged user (stack/deploy.py)
         user = deploy.prepare(s)

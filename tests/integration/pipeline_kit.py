@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
+import time
+import urllib.parse
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from kafka.admin import NewTopic
 from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import AnomalyRates, Fleet
 from producer.stream import VALID, EventStream
-from stack.init import create_pipeline_schema, drop_pipeline_schema
+from stack.init import create_pipeline_schema, drop_pipeline_schema, mc_root_env
 from stack.settings import StackSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -266,3 +269,63 @@ def send_stamped(pipeline: Pipeline, stamped: list[tuple[bytes, bytes, float]]) 
     for future in futures:
         future.get(timeout=60)  # raises if the record was not acknowledged
     producer.close()
+
+
+class S3Trace:
+    """Every S3 call MinIO serves meanwhile (`mc admin trace`, with the stack's root login in
+    mc's environment, not on its command line): what reached the object store, whichever
+    client sent it (S3A's, or the SDK client Delta's log store uses)."""
+
+    def __init__(self, stack, pipeline, scratch: Path) -> None:
+        self.pipeline = pipeline
+        self.env = mc_root_env(stack, scratch / "mc")
+        self.mc = str(stack.gobin / "mc")
+        self.proc = None
+        self.events: list[dict] = []
+
+    def _mark(self, name: str) -> str:
+        key = f"{self.pipeline.prefix}/trace-marks/{name}"
+        self.pipeline.s3().put_object(Bucket=self.pipeline.stack.bucket, Key=key, Body=b"")
+        return key
+
+    def _read_until(self, key: str, timeout_s: float = 60) -> list[dict]:
+        events = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            if key in event.get("path", ""):
+                return events
+            events.append(event)
+        raise AssertionError(f"mc admin trace did not show {key} within {timeout_s} s")
+
+    def __enter__(self) -> S3Trace:
+        self.proc = subprocess.Popen([self.mc, "admin", "trace", "--json", "lakehouse"], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # the trace is attached once it shows a call made after it started
+        key = None
+        for attempt in range(30):
+            key = self._mark(f"start-{attempt}")
+            try:
+                self._read_until(key, timeout_s=2)
+                return self
+            except AssertionError:
+                continue
+        raise AssertionError("mc admin trace showed none of 30 marker writes")
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.events = self._read_until(self._mark("end"))
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def count(self, api: str, path_part: str) -> int:
+        return sum(1 for e in self.events if e.get("api", "").removeprefix("s3.") == api
+                   and path_part in e.get("path", "") + "?" + urllib.parse.unquote(e.get("query", "")))

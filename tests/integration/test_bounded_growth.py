@@ -4,18 +4,10 @@ including a table made before that setting existed."""
 
 from __future__ import annotations
 
-import json
-import select
-import subprocess
-import time
-import urllib.parse
-from pathlib import Path
-
 import pytest
 
 from jobs.sinks import DeltaSink
-from stack.init import mc_root_env
-from tests.integration.pipeline_kit import Pipeline
+from tests.integration.pipeline_kit import Pipeline, S3Trace
 
 pytestmark = pytest.mark.integration
 
@@ -56,66 +48,6 @@ def test_an_older_table_gets_the_bounded_log_on_the_stream_s_first_write(lake, p
     fresh = pipeline.path("quarantine")
     DeltaSink(fresh, properties={"delta.logRetentionDuration": "interval 168 hours"}).write(rows, "query-1", 0)
     assert table_properties(lake, fresh)["delta.logRetentionDuration"] == "interval 168 hours"
-
-
-class S3Trace:
-    """Every S3 call MinIO serves meanwhile (`mc admin trace`, with the stack's root login in
-    mc's environment, not on its command line): what reached the object store, whichever
-    client sent it (S3A's, or the SDK client Delta's log store uses)."""
-
-    def __init__(self, stack, pipeline, scratch: Path) -> None:
-        self.pipeline = pipeline
-        self.env = mc_root_env(stack, scratch / "mc")
-        self.mc = str(stack.gobin / "mc")
-        self.proc = None
-        self.events: list[dict] = []
-
-    def _mark(self, name: str) -> str:
-        key = f"{self.pipeline.prefix}/trace-marks/{name}"
-        self.pipeline.s3().put_object(Bucket=self.pipeline.stack.bucket, Key=key, Body=b"")
-        return key
-
-    def _read_until(self, key: str, timeout_s: float = 60) -> list[dict]:
-        events = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            event = json.loads(line)
-            if key in event.get("path", ""):
-                return events
-            events.append(event)
-        raise AssertionError(f"mc admin trace did not show {key} within {timeout_s} s")
-
-    def __enter__(self) -> S3Trace:
-        self.proc = subprocess.Popen([self.mc, "admin", "trace", "--json", "lakehouse"], env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        # the trace is attached once it shows a call made after it started
-        key = None
-        for attempt in range(30):
-            key = self._mark(f"start-{attempt}")
-            try:
-                self._read_until(key, timeout_s=2)
-                return self
-            except AssertionError:
-                continue
-        raise AssertionError("mc admin trace showed none of 30 marker writes")
-
-    def __exit__(self, *exc) -> None:
-        try:
-            if exc[0] is None:
-                self.events = self._read_until(self._mark("end"))
-        finally:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-
-    def count(self, api: str, path_part: str) -> int:
-        return sum(1 for e in self.events if e.get("api", "").removeprefix("s3.") == api
-                   and path_part in e.get("path", "") + "?" + urllib.parse.unquote(e.get("query", "")))
 
 
 def test_a_commit_costs_the_same_lists_however_long_the_log(stack, lake, pipeline, tmp_path):

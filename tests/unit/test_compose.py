@@ -6,10 +6,10 @@ lints every Dockerfile, and the project's rules are asserted on the normalised m
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -236,16 +236,22 @@ def test_readme_docker_quick_start_matches_the_file(services):
     assert named <= set(services)
 
 
-def test_the_image_builds_the_delta_log_store_where_the_jobs_look_for_it():
+def test_the_image_builds_the_projects_jar_where_the_jobs_look_for_it(tmp_path):
     # the image's SPARK_JARS_DIR is /opt/iot/jars, a copy of the jars stage's /jars
-    from jobs.spark_conf import LOG_STORE_SOURCE, log_store_jar
+    from jobs.spark_conf import CHECKPOINT_FILE_MANAGER_CLASS, JVM_SOURCES, LOG_STORE_CLASS, project_jar
 
     text = (REPO_ROOT / "docker" / "Dockerfile").read_text()
-    source = LOG_STORE_SOURCE.relative_to(REPO_ROOT / "jobs")
-    assert f"source={source}" in text
-    expected = log_store_jar(Path("/jars"))
-    digest = expected.name.removeprefix("iot-lakehouse-logstore-").removesuffix(".jar")
-    # the shell names it by `sha256sum | cut -c1-12`: the same digest
-    assert digest == hashlib.sha256(LOG_STORE_SOURCE.read_bytes()).hexdigest()[:12]
-    assert '--file "/jars/iot/iot-lakehouse-logstore-$(sha256sum "$source" | cut -c1-12).jar"' in text
-    assert expected.parent == Path("/jars/iot")
+    listing = "mapfile -t sources < <(find jvm -name '*.java' | LC_ALL=C sort)"
+    naming = '--file "/jars/iot/iot-lakehouse-jvm-$(cat "${sources[@]}" | sha256sum | cut -c1-12).jar"'
+    assert "COPY jobs/jvm jvm" in text
+    assert listing in text
+    assert naming in text
+    # the Dockerfile's own commands, run on the sources, name the jar the jobs look for
+    shutil.copytree(JVM_SOURCES, tmp_path / "jvm")
+    script = f'{listing}\necho "iot-lakehouse-jvm-$(cat "${{sources[@]}}" | sha256sum | cut -c1-12).jar"'
+    named = subprocess.run(["bash", "-o", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert project_jar(Path("/jars")) == Path("/jars/iot") / named
+    # the classes the Spark settings name are among the sources compiled
+    for name in (LOG_STORE_CLASS, CHECKPOINT_FILE_MANAGER_CLASS):
+        assert (JVM_SOURCES / (name.replace(".", "/") + ".java")).is_file()

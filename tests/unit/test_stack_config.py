@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.env import Env, MissingSetting, parse_env_file
-from jobs.spark_conf import LOG_STORE_SOURCE, lakehouse_spark_conf, log_store_jar, render_spark_defaults
+from jobs.spark_conf import JVM_SOURCES, lakehouse_spark_conf, project_jar, render_spark_defaults
 from stack import init
 from stack.services import airflow_env, kafka_properties, supervisord_conf
 from stack.settings import GENERATED_SECRETS, ensure_env_file, load_settings
@@ -144,12 +144,12 @@ def test_pipeline_policy_covers_only_its_bucket():
 
 
 def fake_jars(folder: Path, *names: str) -> Path:
-    """Return a SPARK_JARS_DIR holding empty jars by `names` and the project's log store."""
+    """Return a SPARK_JARS_DIR holding empty jars by `names` and the project's own jar."""
     folder.mkdir()
     for name in names:
         (folder / name).write_bytes(b"")
-    log_store_jar(folder).parent.mkdir()
-    log_store_jar(folder).write_bytes(b"")
+    project_jar(folder).parent.mkdir()
+    project_jar(folder).write_bytes(b"")
     return folder
 
 
@@ -169,7 +169,7 @@ def test_spark_defaults_never_holds_a_secret(tmp_path):
 def test_jars_go_on_the_classpath_not_copied_per_driver(tmp_path):
     jars = fake_jars(tmp_path / "jars", "bundle-2.35.4.jar", "delta-spark_4.2_2.13-4.4.0.jar")
     conf = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars)}), include_secrets=False)
-    expected = f"{jars}/bundle-2.35.4.jar:{jars}/delta-spark_4.2_2.13-4.4.0.jar:{log_store_jar(jars)}"
+    expected = f"{jars}/bundle-2.35.4.jar:{jars}/delta-spark_4.2_2.13-4.4.0.jar:{project_jar(jars)}"
     assert conf["spark.driver.extraClassPath"] == expected
     assert conf["spark.executor.extraClassPath"] == expected
     assert "spark.jars" not in conf  # each driver would copy every jar into its temp dir
@@ -180,16 +180,20 @@ def test_missing_jars_name_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `make up` to fetch them"):
         lakehouse_spark_conf(env)
     (tmp_path / "delta-spark_4.2_2.13-4.4.0.jar").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"the project's Delta log store.*run `make up` to build it"):
+    with pytest.raises(FileNotFoundError, match=r"the project's Delta log store and checkpoint file manager.*"
+                                                 r"run `make up` to build it"):
         lakehouse_spark_conf(env)
 
 
-def test_the_delta_log_store_is_the_projects_and_its_jar_follows_its_source(tmp_path):
+def test_the_delta_log_store_and_checkpoint_manager_are_the_projects_and_their_jar_follows_the_sources(tmp_path):
     jars = fake_jars(tmp_path / "jars", "delta-spark_4.2_2.13-4.4.0.jar")
     conf = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars)}), include_secrets=False)
     assert conf["spark.delta.logStore.s3a.impl"] == "iot.lakehouse.delta.StartAfterS3LogStore"
-    digest = hashlib.sha256(LOG_STORE_SOURCE.read_bytes()).hexdigest()[:12]
-    assert log_store_jar(jars) == jars / "iot" / f"iot-lakehouse-logstore-{digest}.jar"
+    assert conf["spark.sql.streaming.checkpointFileManagerClass"] == (
+        "iot.lakehouse.streaming.DirectWriteCheckpointFileManager")
+    sources = sorted(JVM_SOURCES.rglob("*.java"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+    assert project_jar(jars) == jars / "iot" / f"iot-lakehouse-jvm-{digest}.jar"
 
 
 def test_long_stack_home_moves_supervisor_socket_to_tmp(settings):
