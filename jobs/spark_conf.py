@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from common.env import Env, default_cache_dir
 
 MIN_LOG_RETENTION_HOURS = 168
+DEFAULT_DRIVER_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
 # Config keys that carry secrets: never written to a file.
 SECRET_KEYS = frozenset({"spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key"})
 
@@ -88,7 +89,9 @@ def lakehouse_spark_conf(env: Env, *, include_secrets: bool = True) -> dict[str,
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         # Timestamps are UTC end to end (ARCHITECTURE.md invariant 7).
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        # JIT: C1 only by default (SPARK_DRIVER_JAVA_OPTIONS, .env.example says why)
+        "spark.driver.extraJavaOptions": " ".join(
+            ["-Duser.timezone=UTC", *env.get("SPARK_DRIVER_JAVA_OPTIONS", DEFAULT_DRIVER_JAVA_OPTIONS).split()]),
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.sql.shuffle.partitions": env.get("SPARK_SHUFFLE_PARTITIONS", "4"),
         "spark.driver.memory": env.get("SPARK_DRIVER_MEMORY", "1g"),
