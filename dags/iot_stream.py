@@ -44,6 +44,7 @@ def stream_dag(dag_id: str, schedule: str | None, adhoc: bool, doc: str) -> DAG:
             application_args=stream_application_args(with_params=adhoc),
             name=dag_id,
             stop_timeout=timedelta(minutes=2),
+            stream=True,
         )
     return dag
 

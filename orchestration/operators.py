@@ -87,12 +87,15 @@ def pyspark_driver_pids(spark_submit_pid: int) -> list[int]:
 
 class GracefulSparkSubmitOperator(SparkSubmitOperator):
     """spark-submit in its own session; on kill, SIGTERM to the PySpark driver, then wait.
-    `batch`: a batch job, started at BATCH_JOB_NICENESS (see the module's doc)."""
+    `batch`: a batch job, started at BATCH_JOB_NICENESS (see the module's doc); `stream`: the
+    streaming job, whose driver gets STREAM_DRIVER_JAVA_OPTIONS (jobs/spark_conf.py)."""
 
-    def __init__(self, *, stop_timeout: timedelta = timedelta(minutes=2), batch: bool = False, **kwargs) -> None:
+    def __init__(self, *, stop_timeout: timedelta = timedelta(minutes=2), batch: bool = False, stream: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.stop_timeout = stop_timeout
         self.batch = batch
+        self.stream = stream
 
     def execute(self, context) -> None:
         """Run spark-submit to completion (local and client modes; others as the provider does)."""
@@ -105,6 +108,11 @@ class GracefulSparkSubmitOperator(SparkSubmitOperator):
         env = job_environment({**os.environ, **(hook._env_vars or {})})
         hook._env_vars = hook._env = None  # else the hook rebuilds the environment from os.environ
         priority = popen_priority(batch_niceness(env)) if self.batch else {}
+        if self.stream:
+            from common.env import Env
+            from jobs.spark_conf import stream_driver_java_options
+
+            hook._conf = {**hook._conf, "spark.driver.extraJavaOptions": stream_driver_java_options(Env())}
         hook.submit(self.application, start_new_session=True, env=env, **priority)
         return None
 

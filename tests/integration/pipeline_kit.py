@@ -22,6 +22,8 @@ from botocore.client import Config
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from common.env import Env
+from jobs.spark_conf import stream_driver_java_options
 from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import AnomalyRates, Fleet
 from producer.stream import VALID, EventStream
@@ -91,7 +93,10 @@ class Pipeline:
                 str(REPO / "jobs" / f"{job}.py"), *args]
 
     def stream_args(self, *extra: str) -> list[str]:
-        return [*self.submit_args("stream"), "--topic", self.topic, "--pg-schema", self.schema,
+        """The stream's spark-submit, with the driver's options the iot_stream DAG gives it."""
+        submit = self.submit_args("stream")
+        conf = ["--conf", f"spark.driver.extraJavaOptions={stream_driver_java_options(Env())}"]
+        return [*submit[:2], *conf, *submit[2:], "--topic", self.topic, "--pg-schema", self.schema,
                 "--checkpoint", self.path("checkpoint"), "--bronze-path", self.path("bronze"),
                 "--quarantine-path", self.path("quarantine"), "--query-name", self.name, *extra]
 

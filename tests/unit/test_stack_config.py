@@ -175,16 +175,15 @@ def test_jars_go_on_the_classpath_not_copied_per_driver(tmp_path):
     assert "spark.jars" not in conf  # each driver would copy every jar into its temp dir
 
 
-def test_drivers_keep_the_jit_at_c1_unless_told_otherwise(tmp_path):
+def test_the_stream_driver_keeps_the_jit_at_c1_and_the_batch_jobs_do_not(tmp_path):
+    from jobs.spark_conf import stream_driver_java_options
+
     jars = fake_jars(tmp_path / "jars", "delta-spark_4.2_2.13-4.4.0.jar")
     conf = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars)}), include_secrets=False)
-    assert conf["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC -XX:TieredStopAtLevel=1"
-    assert conf["spark.executor.extraJavaOptions"] == "-Duser.timezone=UTC"  # a cluster's executors: C2
-    told = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars), "SPARK_DRIVER_JAVA_OPTIONS": "-XX:+UseSerialGC"}),
-                                include_secrets=False)
-    assert told["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC -XX:+UseSerialGC"
-    rendered = render_spark_defaults(conf)
-    assert "spark.driver.extraJavaOptions -Duser.timezone=UTC -XX:TieredStopAtLevel=1" in rendered
+    assert conf["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC"  # spark-defaults: every driver
+    assert stream_driver_java_options(Env({})) == "-Duser.timezone=UTC -XX:TieredStopAtLevel=1"
+    told = Env({"STREAM_DRIVER_JAVA_OPTIONS": "-XX:TieredStopAtLevel=4 -XX:+UseSerialGC"})
+    assert stream_driver_java_options(told) == "-Duser.timezone=UTC -XX:TieredStopAtLevel=4 -XX:+UseSerialGC"
 
 
 def test_missing_jars_name_the_fix(tmp_path):
