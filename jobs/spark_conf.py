@@ -18,7 +18,9 @@ from common.env import Env, default_cache_dir
 
 MIN_LOG_RETENTION_HOURS = 168
 DRIVER_JAVA_OPTIONS = "-Duser.timezone=UTC"
-DEFAULT_STREAM_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+# C1 only; with it the JVM reserves 48 MB for compiled code (240 MB when tiered): the stream's
+# driver filled that in minutes, and the code cache sweeper then took more CPU than the batches
+DEFAULT_STREAM_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"
 # Config keys that carry secrets: never written to a file.
 SECRET_KEYS = frozenset({"spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key"})
 
