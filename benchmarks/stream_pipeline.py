@@ -188,6 +188,7 @@ def latency(p: Pipeline, settings, rate: float, seconds: float, warmup: float) -
             Pipeline.stop(driver, timeout=120)
         except subprocess.TimeoutExpired:
             Pipeline.kill9(driver)
+        log.unlink(missing_ok=True)  # a failure quoted its tail above; nothing stays in /tmp
 
 
 BREAKDOWN_COLUMNS = ("validate_ms", "postgres_ms", "bronze_ms", "quarantine_ms", "total_ms", "gap_ms")
