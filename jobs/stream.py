@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jobs.stream")
 QUERY_ID_PROPERTY = "sql.streaming.queryId"
-KAFKA_FETCH_MAX_WAIT_MS = 10  # see kafka_source
+KAFKA_FETCH_MAX_WAIT_MS = 1  # see kafka_source
 
 # The names that make a stream the pipeline's or one of your own, and their options. A run
 # gives all of them or none: with some, it would fall back to the pipeline's value for the
