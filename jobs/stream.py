@@ -285,14 +285,17 @@ class BatchProcessor:
             # 2. bronze (every record as received) and 3. quarantine (invalid records and their
             #    failed rules), side by side: two tables, one writer each. Most of a Delta
             #    write is waiting (the job's scheduling, the object store), not CPU.
-            beside = Beside(lambda: self._timed(self.quarantine.write, quarantine(checked), query_id, batch_id)
-                            if quarantined else 0)
+            def write_quarantine() -> int:
+                return self._timed(self.quarantine.write, quarantine(checked), query_id, batch_id)
+
+            beside = Beside(write_quarantine) if quarantined else None  # no thread for nothing to write
             try:
                 bronze_ms = self._timed(self.bronze.write, to_bronze(batch), query_id, batch_id) if rows_in else 0
             except BaseException:
-                beside.wait_after_failure()  # the batch's frames stay cached until it is done
+                if beside:
+                    beside.wait_after_failure()  # the batch's frames stay cached until it is done
                 raise
-            quarantine_ms = beside.result()
+            quarantine_ms = beside.result() if beside else 0
             if result.committed:
                 self.postgres.record_lake_timings(query_id, batch_id, bronze_ms, quarantine_ms, started)
         finally:

@@ -25,6 +25,16 @@ def stack() -> StackSettings:
     return settings
 
 
+@pytest.fixture
+def pipeline(stack):
+    """A pipeline of the test's own (topic, PostgreSQL schema, S3 prefix), removed after it."""
+    from tests.integration.pipeline_kit import Pipeline
+
+    p = Pipeline(stack).create()
+    yield p
+    p.destroy()
+
+
 @pytest.fixture(scope="session")
 def env(stack) -> Env:
     """Return the configuration the stack runs with (.env plus the environment)."""

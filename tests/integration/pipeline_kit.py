@@ -87,16 +87,16 @@ class Pipeline:
 
     # ---- running the job ---------------------------------------------------------------------
 
-    def submit_args(self, job: str, *args: str) -> list[str]:
-        """`stackctl spark-submit` of jobs/<job>.py on this pipeline's master."""
-        return [str(REPO / "stack" / "bin" / "stackctl"), "spark-submit", "--master", self.master,
+    def submit_args(self, job: str, *args: str, conf: dict[str, str] | None = None) -> list[str]:
+        """`stackctl spark-submit` of jobs/<job>.py on this pipeline's master, with `conf`."""
+        confs = [f"--conf={key}={value}" for key, value in (conf or {}).items()]
+        return [str(REPO / "stack" / "bin" / "stackctl"), "spark-submit", "--master", self.master, *confs,
                 str(REPO / "jobs" / f"{job}.py"), *args]
 
     def stream_args(self, *extra: str) -> list[str]:
         """The stream's spark-submit, with the driver's options the iot_stream DAG gives it."""
-        submit = self.submit_args("stream")
-        conf = ["--conf", f"spark.driver.extraJavaOptions={stream_driver_java_options(Env())}"]
-        return [*submit[:2], *conf, *submit[2:], "--topic", self.topic, "--pg-schema", self.schema,
+        conf = {"spark.driver.extraJavaOptions": stream_driver_java_options(Env())}
+        return [*self.submit_args("stream", conf=conf), "--topic", self.topic, "--pg-schema", self.schema,
                 "--checkpoint", self.path("checkpoint"), "--bronze-path", self.path("bronze"),
                 "--quarantine-path", self.path("quarantine"), "--query-name", self.name, *extra]
 

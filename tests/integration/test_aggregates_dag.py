@@ -30,13 +30,6 @@ def status_of(t: float, h: float) -> str:
     return "OK"
 
 
-@pytest.fixture
-def pipeline(stack):
-    p = Pipeline(stack).create()
-    yield p
-    p.destroy()
-
-
 def table(p: Pipeline, name: str) -> list[tuple]:
     return p.query(f"select * from {{schema}}.{name} order by 1, 2")
 

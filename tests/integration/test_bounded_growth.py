@@ -7,16 +7,9 @@ from __future__ import annotations
 import pytest
 
 from jobs.sinks import DeltaSink
-from tests.integration.pipeline_kit import Pipeline, S3Trace
+from tests.integration.pipeline_kit import S3Trace
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipeline(stack):
-    p = Pipeline(stack).create()
-    yield p
-    p.destroy()
 
 
 def table_properties(spark, path: str) -> dict:

@@ -8,26 +8,23 @@ from __future__ import annotations
 import pytest
 from py4j.protocol import Py4JJavaError
 
-from tests.integration.pipeline_kit import Pipeline, S3Trace
+from tests.integration.pipeline_kit import S3Trace
 
 pytestmark = pytest.mark.integration
 
 MANAGER = "iot.lakehouse.streaming.DirectWriteCheckpointFileManager"
 
 
-@pytest.fixture
-def pipeline(stack):
-    p = Pipeline(stack).create()
-    yield p
-    p.destroy()
+def hadoop_path(lake, url: str):
+    """Return Hadoop's Path of `url`, in the lake session's JVM."""
+    return lake._jvm.org.apache.hadoop.fs.Path(url)
 
 
 def file_manager(lake, url: str):
     """Return the checkpoint file manager Spark makes for `url` with the project's settings."""
-    jvm = lake._jvm
     conf = lake._jsparkSession.sessionState().newHadoopConf()
-    path = jvm.org.apache.hadoop.fs.Path(url)
-    return jvm.org.apache.spark.sql.execution.streaming.checkpointing.CheckpointFileManager.create(path, conf), path
+    checkpointing = lake._jvm.org.apache.spark.sql.execution.streaming.checkpointing
+    return checkpointing.CheckpointFileManager.create(hadoop_path(lake, url), conf)
 
 
 def keys(pipeline) -> dict[str, bytes]:
@@ -45,10 +42,10 @@ def write(manager, path, data: bytes, overwrite: bool, finish: str = "close") ->
 
 
 def test_a_checkpoint_file_goes_straight_to_its_name(stack, lake, pipeline, tmp_path):
-    manager, _ = file_manager(lake, pipeline.path("checkpoint"))
+    manager = file_manager(lake, pipeline.path("checkpoint"))
     assert manager.getClass().getName() == MANAGER
     assert manager.writesDirectly() is True
-    path = lake._jvm.org.apache.hadoop.fs.Path(pipeline.path("checkpoint/offsets/7"))
+    path = hadoop_path(lake, pipeline.path("checkpoint/offsets/7"))
     with S3Trace(stack, pipeline, tmp_path) as trace:
         write(manager, path, b'v1\n{"batchWatermarkMs":0}\n', overwrite=False)
     # one upload to the name; no temporary file, no copy (the trace shows the whole store's
@@ -62,16 +59,16 @@ def test_a_checkpoint_file_goes_straight_to_its_name(stack, lake, pipeline, tmp_
 
 
 def test_a_cancelled_file_leaves_nothing(lake, pipeline):
-    manager, _ = file_manager(lake, pipeline.path("checkpoint"))
-    path = lake._jvm.org.apache.hadoop.fs.Path(pipeline.path("checkpoint/commits/3"))
+    manager = file_manager(lake, pipeline.path("checkpoint"))
+    path = hadoop_path(lake, pipeline.path("checkpoint/commits/3"))
     write(manager, path, b"half a file", overwrite=False, finish="cancel")
     assert keys(pipeline) == {}
     assert manager.exists(path) is False
 
 
 def test_a_file_that_must_not_be_replaced_is_kept_and_the_writer_told(lake, pipeline):
-    manager, _ = file_manager(lake, pipeline.path("checkpoint"))
-    path = lake._jvm.org.apache.hadoop.fs.Path(pipeline.path("checkpoint/offsets/0"))
+    manager = file_manager(lake, pipeline.path("checkpoint"))
+    path = hadoop_path(lake, pipeline.path("checkpoint/offsets/0"))
     write(manager, path, b"first", overwrite=False)
     out = manager.createAtomic(path, False)
     out.write(bytearray(b"second"))
@@ -86,10 +83,10 @@ def test_a_file_that_must_not_be_replaced_is_kept_and_the_writer_told(lake, pipe
 
 
 def test_a_store_without_abortable_uploads_keeps_spark_s_rename(lake, tmp_path):
-    manager, _ = file_manager(lake, tmp_path.as_uri())
+    manager = file_manager(lake, tmp_path.as_uri())
     assert manager.getClass().getName() == MANAGER
     assert manager.writesDirectly() is False
-    path = lake._jvm.org.apache.hadoop.fs.Path((tmp_path / "offsets" / "0").as_uri())
+    path = hadoop_path(lake, (tmp_path / "offsets" / "0").as_uri())
     write(manager, path, b"local", overwrite=False)
     assert (tmp_path / "offsets" / "0").read_bytes() == b"local"
     assert sorted(p.name for p in (tmp_path / "offsets").iterdir() if not p.name.startswith(".")) == ["0"]

@@ -15,7 +15,6 @@ from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import Fleet
 from producer.sinks import KafkaSink
 from producer.stream import VALID, EventStream, Record
-from tests.integration.pipeline_kit import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +40,6 @@ def send(stack, topic: str, records: list[Record]) -> None:
     assert sink.flush(60)
     sink.close()
     assert (sink.acked, sink.failed) == (len(records), 0)
-
-
-@pytest.fixture
-def pipeline(stack):
-    p = Pipeline(stack).create()
-    yield p
-    p.destroy()
 
 
 @pytest.fixture(params=["local", "standalone"])

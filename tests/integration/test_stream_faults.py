@@ -32,13 +32,6 @@ SEED, SENSORS, BAD_RATE = 77, 20, 0.05
 SPARK_TEMP_PATTERNS = ("blockmgr-*", "spark-*", "artifacts-*", "liblz4-java-*", "snappy-*", "hadoop-*")
 
 
-@pytest.fixture
-def pipeline(stack):
-    p = Pipeline(stack).create()
-    yield p
-    p.destroy()
-
-
 # Five driver starts and a final drain: about 6 minutes on an idle machine, more while the
 # running pipeline does its hourly or daily work on the same 2 cores.
 @pytest.mark.timeout(1500)

@@ -36,13 +36,6 @@ SEED, SENSORS, BAD_RATE = 55, 20, 0.05
 DAG_ID = "iot_stream_adhoc"
 
 
-@pytest.fixture
-def pipeline(stack):
-    p = Pipeline(stack).create()
-    yield p
-    p.destroy()
-
-
 def drivers_of(p: Pipeline) -> list[psutil.Process]:
     """The spark-submit JVM and the PySpark driver running the test's stream."""
     found = []
