@@ -180,7 +180,12 @@ def test_the_stream_driver_keeps_the_jit_at_c1_and_the_batch_jobs_do_not(tmp_pat
 
     jars = fake_jars(tmp_path / "jars", "delta-spark_4.2_2.13-4.4.0.jar")
     conf = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars)}), include_secrets=False)
-    assert conf["spark.driver.extraJavaOptions"] == "-Duser.timezone=UTC"  # spark-defaults: every driver
+    assert conf["spark.driver.extraJavaOptions"] == (  # spark-defaults: every driver but the stream's
+        "-Duser.timezone=UTC -XX:Tier4InvocationThreshold=50000 -XX:Tier4MinInvocationThreshold=6000 "
+        "-XX:Tier4CompileThreshold=150000 -XX:Tier4BackEdgeThreshold=400000")
+    told = Env({"SPARK_JARS_DIR": str(jars), "BATCH_DRIVER_JAVA_OPTIONS": "-XX:+UseSerialGC"})
+    assert lakehouse_spark_conf(told, include_secrets=False)["spark.driver.extraJavaOptions"] == (
+        "-Duser.timezone=UTC -XX:+UseSerialGC")
     assert stream_driver_java_options(Env({})) == (
         "-Duser.timezone=UTC -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m")
     told = Env({"STREAM_DRIVER_JAVA_OPTIONS": "-XX:TieredStopAtLevel=4 -XX:+UseSerialGC"})
