@@ -3,8 +3,11 @@
 Each run waits until the stream has committed every record stamped before its data interval
 ends, then runs jobs/aggregates.py over the interval: it replaces that hour and the
 AGGREGATES_LATENESS_HOURS hours before it (late events), so reruns and backfills are
-idempotent. Backfill: `airflow backfill create --dag-id iot_aggregates --from-date ... --to-date ...`
-(or the UI's Backfill button). No catchup: history is aggregated by backfills, on purpose.
+idempotent. Of those hours it computes only the ones that changed (param recompute=changed, the
+default; table aggregate_hours): a run reads its own hour of bronze, not three.
+Backfill: `airflow backfill create --dag-id iot_aggregates --from-date ... --to-date ...`
+(or the UI's Backfill button; recompute=all after deleting aggregate rows by hand).
+No catchup: history is aggregated by backfills, on purpose.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ with DAG(
     params={
         "bronze_path": Param("", type="string", description="bronze Delta table; empty: BRONZE_PATH"),
         "pg_schema": Param("", type="string", description="PostgreSQL schema; empty: PIPELINE_SCHEMA"),
+        "recompute": Param("changed", enum=["changed", "all"],
+                           description="changed: only the hours that records reached since they were computed "
+                                       "(or never computed); all: every hour of the run's window"),
         "topic": Param("", type="string", description="Kafka topic the stream reads; empty: KAFKA_TOPIC"),
         "query_name": Param("", type="string", description="the stream whose progress is waited for; "
                                                             "empty: STREAM_QUERY_NAME"),

@@ -9,9 +9,17 @@ older than PostgreSQL's retention can be aggregated again from the lake, and rep
 the hours it computes, in one transaction: a rerun or a backfill of an hour gives identical rows.
 
 Late events: an event counts for the hour of its event_time if it reached Kafka before that
-hour ended plus AGGREGATES_LATENESS_HOURS (default 2). Each run recomputes the hours of its
+hour ended plus AGGREGATES_LATENESS_HOURS (default 2). Each run covers the hours of its
 window and the lateness hours before it, so an hour is final after the run of the hour that
 follows it by the lateness; later arrivals stay in bronze and quarantine but not in aggregates.
+
+Incremental: a run computes only the hours that need it (--recompute changed, the default).
+Table aggregate_hours records, per hour, what its rows were computed from (the inputs: table,
+lateness, thresholds, derivation version; every record stamped before --complete-before, and
+the Kafka offsets read). A run reads bronze from the earliest point any hour may have changed,
+computes the hours never computed under the same inputs, and those that a record new to them
+(stamped after, and past the offsets read) counts for; the others keep their rows. The hourly
+DAG's run thus reads its own hour, not three. --recompute all computes every hour.
 
 It never replaces aggregates with nothing: a window with no bronze table (a typo in
 --bronze-path) or no bronze rows fails (exit 1), and a window older than the lake's retention
@@ -38,8 +46,9 @@ from jobs.transform import (
     SENSOR_AGGREGATE_COLUMNS,
     Thresholds,
     bronze_as_kafka,
+    counted_readings,
+    curated_columns,
     hourly_city_aggregates,
-    hourly_readings,
     hourly_sensor_aggregates,
     parse,
     validate,
@@ -50,6 +59,27 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("jobs.aggregates")
+
+# Bump when a change to the derivation (jobs/hourly functions, rules, classification) changes
+# an hour's figures: every hour recorded under another version is computed again.
+DERIVATION_VERSION = 1
+
+
+def earliest_stamp(hour: datetime) -> datetime:
+    """Return the earliest Kafka timestamp a valid event of `hour` can have (the contract's
+    future skew: an event_time further ahead of its Kafka timestamp fails a rule)."""
+    return hour - timedelta(seconds=MAX_FUTURE_SKEW_SECONDS)
+
+
+@dataclass(frozen=True)
+class HourState:
+    """What an hour's stored aggregates were computed from (table aggregate_hours): every
+    bronze record stamped before `complete_before`, and every one at or below `seen_offsets`
+    ("topic:partition" -> offset) of its Kafka partition. A record outside both is new to it."""
+
+    inputs: str
+    complete_before: datetime
+    seen_offsets: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -65,11 +95,33 @@ class AggregateSettings:
     lateness_hours: int
     anomaly_delta_c: float
     lake_days: int = 365  # RETENTION_LAKE_DAYS: the lake's partitions older than this are deleted
+    # every record stamped before this instant is in bronze (the DAG's sensor checked it; its
+    # data interval's end): the hours computed are recorded as such, for later runs to skip
+    complete_before: datetime | None = None
+    recompute_all: bool = False  # --recompute all: every hour of the window, whatever changed
+
+    @property
+    def hours(self) -> list[datetime]:
+        """Return the window's hours, oldest first."""
+        return [self.start + timedelta(hours=k) for k in range((self.end - self.start) // timedelta(hours=1))]
+
+    @property
+    def inputs(self) -> str:
+        """Return what an hour's figures depend on besides its records: an hour recorded with
+        other inputs (a threshold, the lateness, the table, the derivation's version) is
+        computed again."""
+        from dataclasses import asdict
+
+        from jobs.maintenance import normalise_location
+
+        thresholds = ",".join(f"{k}={v}" for k, v in asdict(self.thresholds).items())
+        return (f"v{DERIVATION_VERSION} bronze={normalise_location(self.bronze_path)} lateness_h={self.lateness_hours} "
+                f"anomaly_delta_c={self.anomaly_delta_c} {thresholds}")
 
     @property
     def bronze_from(self) -> datetime:
         """Return the earliest Kafka timestamp an event of the window can have."""
-        return self.start - timedelta(seconds=MAX_FUTURE_SKEW_SECONDS)
+        return earliest_stamp(self.start)
 
     @property
     def bronze_until(self) -> datetime:
@@ -110,20 +162,73 @@ def check_within_retention(settings: AggregateSettings, now: datetime) -> None:
             f"{settings.lake_days} keeps partitions from {oldest} on. Its aggregates are kept as they are.")
 
 
-def read_window(spark: SparkSession, settings: AggregateSettings) -> DataFrame:
-    """Return the bronze rows that can hold events of the window (partition-pruned by date)."""
+def read_window(spark: SparkSession, settings: AggregateSettings, stamped_from: datetime | None = None) -> DataFrame:
+    """Return the bronze rows stamped from `stamped_from` (default: the earliest an event of the
+    window can have) until the window's lateness ends (partition-pruned by date, and Delta skips
+    the files whose Kafka timestamps lie outside)."""
     from pyspark.sql import functions as F
 
+    since = stamped_from or settings.bronze_from
     bronze = spark.read.format("delta").load(settings.bronze_path)
     return bronze.where(
-        (F.col("kafka_date") >= F.lit(settings.bronze_from.date()))
+        (F.col("kafka_date") >= F.lit(since.date()))
         & (F.col("kafka_date") <= F.lit(settings.bronze_until.date()))
-        & (F.col("kafka_timestamp") >= F.lit(settings.bronze_from))
+        & (F.col("kafka_timestamp") >= F.lit(since))
         & (F.col("kafka_timestamp") < F.lit(settings.bronze_until)))
 
 
-def compute(spark: SparkSession, settings: AggregateSettings) -> tuple[list, list, int]:
-    """Return the city rows, the sensor rows and the bronze rows read, for the window."""
+@dataclass
+class Computed:
+    """One run's outcome: the rows of the hours it computed, and what to record about them."""
+
+    hours: list[datetime]  # computed (their rows replace the stored ones), oldest first
+    city: list
+    sensor: list
+    bronze_rows: int  # bronze rows read
+    states: dict[datetime, HourState]  # to record: the hours computed and the untouched ones advanced
+    forget: list[datetime]  # hours computed whose state cannot be recorded (no --complete-before)
+
+
+def scan_start(compute_hours: list[datetime], known: dict[datetime, HourState]) -> datetime:
+    """Return the earliest Kafka timestamp to read: all of each hour to compute, and for every
+    hour already known, the records that may be new to it."""
+    return min([earliest_stamp(h) for h in compute_hours] + [k.complete_before for k in known.values()])
+
+
+def key_column():
+    """Return the records' "topic:partition" (HourState.seen_offsets' key)."""
+    from pyspark.sql import functions as F
+
+    return F.concat_ws(":", F.col("kafka_topic"), F.col("kafka_partition").cast("string"))
+
+
+def touched_hours(records: DataFrame, settings: AggregateSettings, known: dict[datetime, HourState]) -> set[datetime]:
+    """Return the known hours that a valid record new to them would count for."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    if not known:
+        return set()
+    hour = F.date_trunc("hour", "event_time")
+    conditions = []
+    for h, state in known.items():
+        condition = ((hour == F.lit(h)) & (F.col("kafka_timestamp") >= F.lit(state.complete_before))
+                     & (F.col("kafka_timestamp") < F.lit(h + timedelta(hours=1 + settings.lateness_hours))))
+        if state.seen_offsets:
+            seen = F.create_map(*[F.lit(x) for kv in sorted(state.seen_offsets.items()) for x in kv])
+            condition &= F.col("kafka_offset") > F.coalesce(F.element_at(seen, key_column()), F.lit(-1))
+        conditions.append(condition)
+    new = records.where(F.col("_valid") & reduce(lambda x, y: x | y, conditions))
+    # collected timestamps are naive local times: astimezone() reads them as such
+    return {row[0].astimezone(UTC) for row in new.select(hour).distinct().collect()}
+
+
+def compute(spark: SparkSession, settings: AggregateSettings,
+            stored: dict[datetime, HourState] | None = None) -> Computed:
+    """Return the aggregates of the window's hours that need computing: those with no stored
+    state under the same inputs (`stored`, from aggregate_hours), and those a record new to
+    their state counts for. `settings.recompute_all`: every hour."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
@@ -131,25 +236,78 @@ def compute(spark: SparkSession, settings: AggregateSettings) -> tuple[list, lis
         raise NothingToAggregate(
             f"no Delta table at {settings.bronze_path}: check --bronze-path / BRONZE_PATH (the stream creates "
             "bronze with its first micro-batch). Nothing was replaced.")
-    bronze = read_window(spark, settings).persist()
+    known = {} if settings.recompute_all else {
+        h: state for h, state in (stored or {}).items() if h in settings.hours and state.inputs == settings.inputs}
+    compute_hours = [h for h in settings.hours if h not in known]
+    start = scan_start(compute_hours, known)
+    cached = []
     try:
-        bronze_rows = bronze.count()
-        if bronze_rows == 0:
-            raise NothingToAggregate(
-                f"no bronze rows in {settings.bronze_path} with Kafka timestamps {settings.bronze_from.isoformat()} "
-                f".. {settings.bronze_until.isoformat()}: a wrong table, a window the lake no longer holds, or no "
-                "readings in it. Nothing was replaced.")
-        readings = hourly_readings(validate(parse(bronze_as_kafka(bronze))), settings.thresholds,
-                                   settings.lateness_hours)
-        readings = readings.where((F.col("hour_start_utc") >= F.lit(settings.start))
-                                  & (F.col("hour_start_utc") < F.lit(settings.end)))
-        flagged = with_anomalies(readings, settings.anomaly_delta_c).persist()
+        while True:
+            records = read_records(spark, settings, start)
+            cached.append(records)
+            bronze_rows = records.count()
+            if bronze_rows == 0 and compute_hours:
+                raise NothingToAggregate(
+                    f"no bronze rows in {settings.bronze_path} with Kafka timestamps {start.isoformat()} .. "
+                    f"{settings.bronze_until.isoformat()}: a wrong table, a window the lake no longer holds, or no "
+                    "readings in it. Nothing was replaced.")
+            touched = touched_hours(records, settings, known)
+            if touched:  # late records: their hours are computed again, from all of their records
+                log.info("records that arrived after they were computed count for %s: computing them again",
+                         ", ".join(h.isoformat() for h in sorted(touched)))
+                compute_hours = sorted(set(compute_hours) | touched)
+                known = {h: state for h, state in known.items() if h not in touched}
+            needed = scan_start(compute_hours, known)
+            if needed >= start:
+                break
+            start = needed  # a touched hour began before what was read: read again from there
+            cached.pop().unpersist()
+        seen = {row[0]: row[1] for row in records.groupBy(key_column()).agg(F.max("kafka_offset")).collect()}
+        city, sensor = aggregate_hours(records, settings, compute_hours)
+        states, forget = {}, []
+        if settings.complete_before is None:
+            forget = compute_hours
+        else:
+            for h in compute_hours:
+                states[h] = HourState(settings.inputs, settings.complete_before, seen)
+            for h, old in known.items():  # read through, nothing new for it: advanced
+                merged = {k: max(v, seen.get(k, -1)) for k, v in old.seen_offsets.items()} | {
+                    k: v for k, v in seen.items() if k not in old.seen_offsets}
+                states[h] = HourState(old.inputs, max(old.complete_before, settings.complete_before), merged)
+        return Computed(compute_hours, city, sensor, bronze_rows, states, forget)
+    finally:
+        for frame in reversed(cached):
+            frame.unpersist()
+
+
+def read_records(spark: SparkSession, settings: AggregateSettings, stamped_from: datetime) -> DataFrame:
+    """Return the bronze records stamped from `stamped_from`, each parsed and validated once and
+    kept as the small row the aggregates need (not the raw value), cached: it serves the
+    count, the new-record check, the first-copy dedup, the medians and both groupings (before,
+    the bronze rows were cached and every record parsed and deduplicated twice)."""
+    from pyspark.sql import functions as F
+
+    checked = validate(parse(bronze_as_kafka(read_window(spark, settings, stamped_from))))
+    return checked.select((F.size("failed_rules") == 0).alias("_valid"),
+                          *curated_columns(settings.thresholds), "kafka_timestamp").persist()
+
+
+def aggregate_hours(records: DataFrame, settings: AggregateSettings, hours: list[datetime]) -> tuple[list, list]:
+    """Return the city rows and the sensor rows of `hours` from the cached records."""
+    from pyspark.sql import functions as F
+
+    if not hours:
+        return [], []
+    readings = counted_readings(records.where("_valid").drop("_valid"), settings.lateness_hours)
+    readings = readings.where(F.col("hour_start_utc").isin([F.lit(h) for h in hours])).persist()
+    flagged = with_anomalies(readings, settings.anomaly_delta_c).persist()
+    try:
         city = hourly_city_aggregates(flagged).orderBy("hour_start_utc", "city").collect()
         sensor = hourly_sensor_aggregates(flagged).orderBy("hour_start_utc", "sensor_id").collect()
-        flagged.unpersist()
-        return city, sensor, bronze_rows
+        return city, sensor
     finally:
-        bronze.unpersist()
+        flagged.unpersist()
+        readings.unpersist()
 
 
 def _csv(rows: list, columns: tuple[str, ...]) -> io.StringIO:
@@ -166,28 +324,63 @@ def _csv(rows: list, columns: tuple[str, ...]) -> io.StringIO:
     return buffer
 
 
-def replace_window(settings: AggregateSettings, city: list, sensor: list, bronze_rows: int) -> None:
-    """Replace the window's hours in both aggregate tables and log the run, in one transaction."""
+def _connect(settings: AggregateSettings):
     import psycopg2
+
+    return psycopg2.connect(**settings.pg_connect, connect_timeout=10, application_name="iot-aggregates")
+
+
+def stored_states(settings: AggregateSettings) -> dict[datetime, HourState]:
+    """Return what the window's hours were last computed from (aggregate_hours)."""
+    from psycopg2 import sql
+
+    conn = _connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("select hour_start_utc, inputs, complete_before, seen_offsets from {} "
+                                "where hour_start_utc >= %s and hour_start_utc < %s").format(
+                sql.Identifier(settings.pg_schema, "aggregate_hours")), (settings.start, settings.end))
+            return {hour.astimezone(UTC): HourState(inputs, complete.astimezone(UTC),
+                                                    {key: int(offset) for key, offset in seen.items()})
+                    for hour, inputs, complete, seen in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def replace_window(settings: AggregateSettings, computed: Computed) -> None:
+    """Replace the computed hours in both aggregate tables, record what they were computed from,
+    and log the run, in one transaction."""
+    import json
+
     from psycopg2 import sql
 
     def q(text: str):
         return sql.SQL(text).format(schema=sql.Identifier(settings.pg_schema))
 
-    conn = psycopg2.connect(**settings.pg_connect, connect_timeout=10, application_name="iot-aggregates")
+    conn = _connect(settings)
     try:
         with conn, conn.cursor() as cur:
             cur.execute("set local timezone = 'UTC'")
-            for table, rows, columns in (("sensor_readings_hourly_city", city, CITY_AGGREGATE_COLUMNS),
-                                         ("sensor_readings_hourly_sensor", sensor, SENSOR_AGGREGATE_COLUMNS)):
+            # two runs at once (max_active_runs=2, a backfill) replace their hours one after the other
+            cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"iot-aggregates {settings.pg_schema}",))
+            for table, rows, columns in (("sensor_readings_hourly_city", computed.city, CITY_AGGREGATE_COLUMNS),
+                                         ("sensor_readings_hourly_sensor", computed.sensor, SENSOR_AGGREGATE_COLUMNS)):
                 ident = sql.Identifier(settings.pg_schema, table)
-                cur.execute(sql.SQL("delete from {} where hour_start_utc >= %s and hour_start_utc < %s").format(ident),
-                            (settings.start, settings.end))
+                cur.execute(sql.SQL("delete from {} where hour_start_utc = any(%s)").format(ident), (computed.hours,))
                 cur.copy_expert(sql.SQL("copy {} ({}) from stdin with (format csv)").format(
                     ident, sql.SQL(", ").join(map(sql.Identifier, columns))).as_string(cur), _csv(rows, columns))
+            cur.execute(q("delete from {schema}.aggregate_hours where hour_start_utc = any(%s)"), (computed.forget,))
             cur.execute(q("insert into {schema}.aggregate_runs (window_start_utc, window_end_utc, bronze_rows_read, "
-                          "city_rows, sensor_rows) values (%s, %s, %s, %s, %s)"),
-                        (settings.start, settings.end, bronze_rows, len(city), len(sensor)))
+                          "city_rows, sensor_rows, hours_replaced) values (%s, %s, %s, %s, %s, %s) returning run_id"),
+                        (settings.start, settings.end, computed.bronze_rows, len(computed.city), len(computed.sensor),
+                         len(computed.hours)))
+            run_id = cur.fetchone()[0]
+            for hour, state in sorted(computed.states.items()):
+                cur.execute(q("insert into {schema}.aggregate_hours (hour_start_utc, inputs, complete_before, "
+                              "seen_offsets, run_id) values (%s, %s, %s, %s, %s) on conflict (hour_start_utc) do "
+                              "update set inputs = excluded.inputs, complete_before = excluded.complete_before, "
+                              "seen_offsets = excluded.seen_offsets, run_id = excluded.run_id"),
+                            (hour, state.inputs, state.complete_before, json.dumps(state.seen_offsets), run_id))
     finally:
         conn.close()
 
@@ -225,8 +418,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="bronze Delta table (default BRONZE_PATH or s3a://<bucket>/bronze/sensor_readings)")
     parser.add_argument("--pg-schema", default="", help="PostgreSQL schema of the aggregate tables "
                                                         "(default PIPELINE_SCHEMA or iot)")
+    parser.add_argument("--recompute", choices=("changed", "all"), default="changed",
+                        help="changed (default): only the hours never computed under the same inputs or that "
+                             "records have reached since (aggregate_hours); all: every hour of the window")
+    parser.add_argument("--complete-before", type=parse_instant, default=None,
+                        help="an instant before which every record is known to be in bronze (the DAG passes its "
+                             "data interval's end, which its sensor has checked); the hours computed are then "
+                             "recorded so that later runs skip them until new records reach them. Without it "
+                             "they are computed again next time")
     parser.add_argument("--master", default=None, help="Spark master when run with plain python")
     args = parser.parse_args(argv)
+    if args.complete_before is not None and args.complete_before > datetime.now(UTC):
+        parser.error(f"--complete-before: {args.complete_before.isoformat()} is in the future: records stamped "
+                     "before it may not have reached bronze yet")
     if args.lateness_hours < 0:
         parser.error("--lateness-hours must be >= 0")
     try:
@@ -242,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         lateness_hours=args.lateness_hours,
         anomaly_delta_c=env.get_float("AGGREGATES_ANOMALY_DELTA_C", 10.0),
         lake_days=env.get_int("RETENTION_LAKE_DAYS", 365),
+        complete_before=args.complete_before.astimezone(UTC) if args.complete_before else None,
+        recompute_all=args.recompute == "all",
     )
     try:
         check_within_retention(settings, datetime.now(UTC))
@@ -252,18 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_spark("iot-aggregates", env, master=args.master)
     try:
         t0 = time.monotonic()
-        log.info("aggregating hours %s .. %s from %s (Kafka timestamps %s .. %s)", settings.start.isoformat(),
-                 settings.end.isoformat(), settings.bronze_path, settings.bronze_from.isoformat(),
-                 settings.bronze_until.isoformat())
+        log.info("aggregating hours %s .. %s from %s (recompute %s)", settings.start.isoformat(),
+                 settings.end.isoformat(), settings.bronze_path, args.recompute)
         try:
-            city, sensor, bronze_rows = compute(spark, settings)
+            computed = compute(spark, settings, stored_states(settings))
         except NothingToAggregate as exc:
             log.error("%s", exc)
             return 1
-        replace_window(settings, city, sensor, bronze_rows)
-        log.info("replaced %d hours in %s: %d city rows, %d sensor rows from %d bronze rows in %.1fs",
-                 (settings.end - settings.start) // timedelta(hours=1), settings.pg_schema, len(city), len(sensor),
-                 bronze_rows, time.monotonic() - t0)
+        replace_window(settings, computed)
+        skipped = [h for h in settings.hours if h not in computed.hours]
+        log.info("replaced %d of the window's %d hours in %s (%s): %d city rows, %d sensor rows from %d bronze rows "
+                 "in %.1fs; %s", len(computed.hours), len(settings.hours), settings.pg_schema,
+                 ", ".join(h.strftime("%Y-%m-%dT%H") for h in computed.hours) or "none",
+                 len(computed.city), len(computed.sensor), computed.bronze_rows, time.monotonic() - t0,
+                 f"unchanged since computed: {', '.join(h.strftime('%Y-%m-%dT%H') for h in skipped)}" if skipped
+                 else "none skipped")
         return 0
     finally:
         spark.stop()

@@ -288,17 +288,24 @@ def hourly_readings(checked: DataFrame, thresholds: Thresholds, lateness_hours: 
     each event_id once (its first copy by Kafka timestamp, partition, offset), and only if it
     reached Kafka before its hour ended plus `lateness_hours` (so an hour's final figures never
     depend on when they were computed)."""
+    from pyspark.sql import functions as F
+
+    valid = checked.where(F.size("failed_rules") == 0).select(*curated_columns(thresholds), "kafka_timestamp")
+    return counted_readings(valid, lateness_hours)
+
+
+def counted_readings(readings: DataFrame, lateness_hours: int) -> DataFrame:
+    """Return the rows of `readings` (valid records: curated columns and kafka_timestamp) that
+    count for their hour (see `hourly_readings`), with `hour_start_utc`."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     first_copy = Window.partitionBy("event_id").orderBy("kafka_timestamp", "kafka_partition", "kafka_offset")
-    readings = (checked.where(F.size("failed_rules") == 0)
-                .select(*curated_columns(thresholds), "kafka_timestamp")
-                .withColumn("_copy", F.row_number().over(first_copy))
-                .where(F.col("_copy") == 1).drop("_copy")
-                .withColumn("hour_start_utc", F.date_trunc("hour", "event_time")))
+    counted = (readings.withColumn("_copy", F.row_number().over(first_copy))
+               .where(F.col("_copy") == 1).drop("_copy")
+               .withColumn("hour_start_utc", F.date_trunc("hour", "event_time")))
     deadline = F.col("hour_start_utc") + F.make_dt_interval(hours=F.lit(1 + lateness_hours))
-    return readings.where(F.col("kafka_timestamp") < deadline)
+    return counted.where(F.col("kafka_timestamp") < deadline)
 
 
 def _metrics(anomaly: Column) -> list[Column]:

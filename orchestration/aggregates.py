@@ -19,7 +19,10 @@ AGGREGATES_APPLICATION = str(REPO / "jobs" / "aggregates.py")
 
 def aggregates_application_args() -> list[str]:
     """Return jobs/aggregates.py's arguments, templated on the run's data interval and params."""
+    # --complete-before: the task runs after wait_for_stream, which checked that the stream has
+    # committed every record stamped before the interval's end
     return ["--start", "{{ data_interval_start.isoformat() }}", "--end", "{{ data_interval_end.isoformat() }}",
+            "--complete-before", "{{ data_interval_end.isoformat() }}", "--recompute", "{{ params.recompute }}",
             "--bronze-path", "{{ params.bronze_path }}", "--pg-schema", "{{ params.pg_schema }}"]
 
 

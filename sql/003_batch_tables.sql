@@ -62,6 +62,18 @@ create table if not exists aggregate_runs (
     sensor_rows bigint not null,
     finished_at timestamptz not null default now()
 );
+-- hours it computed; the others of its window were unchanged since computed (aggregate_hours)
+alter table aggregate_runs add column if not exists hours_replaced integer;
+
+-- aggregate_hours: what each hour's aggregates were computed from, so that a run computes
+-- only the hours that changed (jobs/aggregates.py). Grain: one hour. Key: hour_start_utc.
+create table if not exists aggregate_hours (
+    hour_start_utc timestamptz primary key,
+    inputs text not null,                 -- table, lateness, thresholds, derivation version
+    complete_before timestamptz not null, -- every record stamped before this was read
+    seen_offsets jsonb not null,          -- {"topic:partition": offset}: every record at or below was read
+    run_id bigint not null references aggregate_runs (run_id)
+);
 
 -- lake_maintenance: requests to maintain the Delta tables the stream writes. Delta on S3 is
 -- safe with one writer per table, so the retention DAG never writes them itself: it inserts a

@@ -78,7 +78,8 @@ def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, d
     result = p.run_once()  # the stream lands the topic in bronze (and commits its offsets)
     assert result.returncode == 0, result.stderr[-4000:]
 
-    conf = {"bronze_path": p.path("bronze"), "pg_schema": p.schema, "topic": p.topic, "query_name": p.name}
+    conf = {"bronze_path": p.path("bronze"), "pg_schema": p.schema, "topic": p.topic, "query_name": p.name,
+            "recompute": "changed"}
     for hour in range(3):  # the backfill: one run per hour, as `airflow backfill create` makes them
         assert dag_runner.test("iot_aggregates", h0 + timedelta(hours=hour + 1), conf) == "success"
 
@@ -101,9 +102,43 @@ def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, d
         mine = [e for (h, _), e in expected.items() if h == hour]
         assert (sensors, n) == (len(set().union(*(e["sensors"] for e in mine))), sum(e["n"] for e in mine))
 
+    # incremental: the first run computed its three hours, the next two only their own hour
+    # (nothing reached the earlier ones since), each reading bronze from 5 minutes (the
+    # contract's future skew) before its hour to its lateness's end
+    def stamped_between(lo: timedelta, hi: timedelta) -> int:
+        return sum((h0 + lo).timestamp() <= ts < (h0 + hi).timestamp() for _, _, ts in stamped)
+
+    skew = timedelta(minutes=5)
+    runs = p.query("select hours_replaced, bronze_rows_read from {schema}.aggregate_runs order by run_id")
+    assert runs == [(3, stamped_between(timedelta(hours=-2) - skew, timedelta(hours=3))),
+                    (1, stamped_between(timedelta(hours=1) - skew, timedelta(hours=4))),
+                    (1, stamped_between(timedelta(hours=2) - skew, timedelta(hours=5)))]
+    # each hour: every record stamped before the end of the last run that read it was read
+    assert p.query("select hour_start_utc, complete_before from {schema}.aggregate_hours order by 1") == [
+        (h0 + timedelta(hours=k), h0 + timedelta(hours=min(k + 3, 3))) for k in range(-LATENESS_H, 3)]
+
+    # a rerun of hour 1 that recomputes everything gives identical rows
     city, sensor = table(p, "sensor_readings_hourly_city"), table(p, "sensor_readings_hourly_sensor")
-    assert dag_runner.test("iot_aggregates", h0 + timedelta(hours=2), conf) == "success"  # rerun of hour 1
+    assert dag_runner.test("iot_aggregates", h0 + timedelta(hours=2), {**conf, "recompute": "all"}) == "success"
     assert (table(p, "sensor_readings_hourly_city"), table(p, "sensor_readings_hourly_sensor")) == (city, sensor)
+    assert p.query("select hours_replaced from {schema}.aggregate_runs order by run_id desc limit 1") == [(3,)]
+
+    # a late record of hour 2, within its lateness: the next hour's run computes hour 2 again
+    # (and its own), not hour 1
+    while (record := stream.next_record((h0 + timedelta(hours=2, minutes=30)).timestamp())).kind != VALID:
+        pass
+    late = json.loads(record.value)
+    send_stamped(p, [(record.key, record.value, (h0 + timedelta(hours=3, minutes=30)).timestamp())])
+    assert p.run_once().returncode == 0
+    readings_sql = "select hour_start_utc, city, readings from {schema}.sensor_readings_hourly_city"
+    before = set(p.query(readings_sql))
+    assert dag_runner.test("iot_aggregates", h0 + timedelta(hours=4), conf) == "success"
+    assert p.query("select hours_replaced from {schema}.aggregate_runs order by run_id desc limit 1") == [(2,)]
+    hour2 = h0 + timedelta(hours=2)
+    n2 = expected[(hour2, late["city"])]["n"]
+    after = set(p.query(readings_sql))
+    assert after - before == {(hour2, late["city"], n2 + 1)}
+    assert before - after == {(hour2, late["city"], n2)}
 
 
 def test_a_window_with_no_bronze_table_or_no_rows_fails_and_keeps_the_aggregates(stack, lake, pipeline):
