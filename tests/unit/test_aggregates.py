@@ -149,3 +149,46 @@ def test_the_cli_names_the_bad_argument(capsys, monkeypatch):
         main(["--start", "2026-11-20T10:30:00Z", "--end", "2026-11-20T11:00:00Z"])
     assert exit_info.value.code == 2
     assert "--start/--end: start and end must be whole hours" in capsys.readouterr().err
+
+
+def test_a_known_hour_is_touched_only_by_a_valid_record_new_to_it(spark):
+    """An hour computed before (HourState) is computed again only for a valid record of that
+    hour stamped at or after its complete_before, before its lateness ends, and past the
+    offset read in its Kafka partition."""
+    from jobs.aggregates import AggregateSettings, HourState, scan_start, touched_hours
+
+    settings = AggregateSettings(start=H, end=H + timedelta(hours=1), bronze_path="s3a://b/bronze", pg_schema="s",
+                                 pg_connect={}, thresholds=Thresholds(), lateness_hours=2, anomaly_delta_c=10.0)
+    cb = H + timedelta(hours=1)
+    known = {H: HourState(settings.inputs, cb, {"t:0": 10})}
+
+    def touched(valid: bool, event_at: datetime, kafka_ts: datetime, partition: int, offset: int) -> set:
+        records = spark.createDataFrame(
+            [(valid, event_at, kafka_ts, "t", partition, offset)],
+            "_valid boolean, event_time timestamp, kafka_timestamp timestamp, kafka_topic string, "
+            "kafka_partition int, kafka_offset long")
+        return touched_hours(records, settings, known)
+
+    assert touched(True, at(30), cb, 0, 11) == {H}
+    assert touched(True, at(30), cb, 1, 0) == {H}  # a partition it never read
+    assert touched(True, at(30), cb, 0, 10) == set()  # read already
+    assert touched(True, at(30), cb - timedelta(seconds=1), 0, 11) == set()  # stamped before: read already
+    assert touched(True, at(30), H + timedelta(hours=3), 0, 11) == set()  # after its lateness: does not count
+    assert touched(True, at(90), cb, 0, 11) == set()  # another hour's
+    assert touched(False, at(30), cb, 0, 11) == set()  # invalid: quarantined, not counted
+    # the read starts at the earliest of: 5 minutes (the future skew) before each hour to
+    # compute, and each known hour's complete_before
+    assert scan_start([H + timedelta(hours=1)], known) == H + timedelta(minutes=55)
+    assert scan_start([], known) == cb
+    assert scan_start([H - timedelta(hours=1)], known) == H - timedelta(minutes=65)
+
+
+def test_an_hour_recorded_under_other_inputs_is_not_known():
+    from jobs.aggregates import AggregateSettings
+
+    base = AggregateSettings(start=H, end=H + timedelta(hours=1), bronze_path="s3a://b/bronze", pg_schema="s",
+                             pg_connect={}, thresholds=Thresholds(), lateness_hours=2, anomaly_delta_c=10.0)
+    assert base.inputs == AggregateSettings(**{**base.__dict__, "bronze_path": "s3://B//bronze/"}).inputs
+    for change in ({"lateness_hours": 1}, {"anomaly_delta_c": 9.0}, {"bronze_path": "s3a://b/other"},
+                   {"thresholds": Thresholds(warning_temp_high_c=34.0)}):
+        assert AggregateSettings(**{**base.__dict__, **change}).inputs != base.inputs, change
