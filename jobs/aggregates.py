@@ -332,14 +332,20 @@ def _connect(settings: AggregateSettings):
 
 def stored_states(settings: AggregateSettings) -> dict[datetime, HourState]:
     """Return what the window's hours were last computed from (aggregate_hours)."""
-    from psycopg2 import sql
+    from psycopg2 import errors, sql
 
     conn = _connect(settings)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("select hour_start_utc, inputs, complete_before, seen_offsets from {} "
-                                "where hour_start_utc >= %s and hour_start_utc < %s").format(
-                sql.Identifier(settings.pg_schema, "aggregate_hours")), (settings.start, settings.end))
+            try:
+                cur.execute(sql.SQL("select hour_start_utc, inputs, complete_before, seen_offsets from {} "
+                                    "where hour_start_utc >= %s and hour_start_utc < %s").format(
+                    sql.Identifier(settings.pg_schema, "aggregate_hours")), (settings.start, settings.end))
+            except errors.UndefinedTable as exc:
+                raise RuntimeError(
+                    f"no table {settings.pg_schema}.aggregate_hours: check --pg-schema / PIPELINE_SCHEMA, or apply "
+                    "sql/003_batch_tables.sql to it (`make up` does; the Docker stack applies sql/ only to a new "
+                    "PostgreSQL volume). Nothing was replaced.") from exc
             return {hour.astimezone(UTC): HourState(inputs, complete.astimezone(UTC),
                                                     {key: int(offset) for key, offset in seen.items()})
                     for hour, inputs, complete, seen in cur.fetchall()}

@@ -144,7 +144,7 @@ def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, d
 def test_a_window_with_no_bronze_table_or_no_rows_fails_and_keeps_the_aggregates(stack, lake, pipeline):
     """A typo in --bronze-path, or a window the lake no longer holds, must never replace the
     window's aggregates with nothing and call it a success."""
-    from jobs.aggregates import AggregateSettings, NothingToAggregate, compute
+    from jobs.aggregates import AggregateSettings, NothingToAggregate, compute, stored_states
     from jobs.transform import Thresholds
 
     p = pipeline
@@ -157,6 +157,9 @@ def test_a_window_with_no_bronze_table_or_no_rows_fails_and_keeps_the_aggregates
                                  lateness_hours=0, anomaly_delta_c=10.0)
     with pytest.raises(NothingToAggregate, match="no Delta table at .*no-such-table: check --bronze-path"):
         compute(lake, settings)
+    # a schema without the job's tables (a typo, or a Docker volume older than the table)
+    with pytest.raises(RuntimeError, match=r"no table no_such_schema\.aggregate_hours: check --pg-schema"):
+        stored_states(dataclasses.replace(settings, pg_schema="no_such_schema"))
 
     # a real table with rows, but none in the window
     send_stamped(p, [(b"k", b"{}", (h + timedelta(hours=2)).timestamp())])
