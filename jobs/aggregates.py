@@ -162,13 +162,11 @@ def check_within_retention(settings: AggregateSettings, now: datetime) -> None:
             f"{settings.lake_days} keeps partitions from {oldest} on. Its aggregates are kept as they are.")
 
 
-def read_window(spark: SparkSession, settings: AggregateSettings, stamped_from: datetime | None = None) -> DataFrame:
-    """Return the bronze rows stamped from `stamped_from` (default: the earliest an event of the
-    window can have) until the window's lateness ends (partition-pruned by date, and Delta skips
-    the files whose Kafka timestamps lie outside)."""
+def read_window(spark: SparkSession, settings: AggregateSettings, since: datetime) -> DataFrame:
+    """Return the bronze rows stamped from `since` until the window's lateness ends
+    (partition-pruned by date, and Delta skips the files whose Kafka timestamps lie outside)."""
     from pyspark.sql import functions as F
 
-    since = stamped_from or settings.bronze_from
     bronze = spark.read.format("delta").load(settings.bronze_path)
     return bronze.where(
         (F.col("kafka_date") >= F.lit(since.date()))
@@ -245,7 +243,9 @@ def compute(spark: SparkSession, settings: AggregateSettings,
         while True:
             records = read_records(spark, settings, start)
             cached.append(records)
-            bronze_rows = records.count()
+            # one job: the rows read, and the last offset read of each Kafka partition
+            per_partition = records.groupBy(key_column()).agg(F.count(F.lit(1)), F.max("kafka_offset")).collect()
+            bronze_rows = sum(row[1] for row in per_partition)
             if bronze_rows == 0 and compute_hours:
                 raise NothingToAggregate(
                     f"no bronze rows in {settings.bronze_path} with Kafka timestamps {start.isoformat()} .. "
@@ -262,7 +262,7 @@ def compute(spark: SparkSession, settings: AggregateSettings,
                 break
             start = needed  # a touched hour began before what was read: read again from there
             cached.pop().unpersist()
-        seen = {row[0]: row[1] for row in records.groupBy(key_column()).agg(F.max("kafka_offset")).collect()}
+        seen = {row[0]: row[2] for row in per_partition}
         city, sensor = aggregate_hours(records, settings, compute_hours)
         states, forget = {}, []
         if settings.complete_before is None:
@@ -271,8 +271,7 @@ def compute(spark: SparkSession, settings: AggregateSettings,
             for h in compute_hours:
                 states[h] = HourState(settings.inputs, settings.complete_before, seen)
             for h, old in known.items():  # read through, nothing new for it: advanced
-                merged = {k: max(v, seen.get(k, -1)) for k, v in old.seen_offsets.items()} | {
-                    k: v for k, v in seen.items() if k not in old.seen_offsets}
+                merged = {k: max(old.seen_offsets.get(k, -1), seen.get(k, -1)) for k in old.seen_offsets | seen}
                 states[h] = HourState(old.inputs, max(old.complete_before, settings.complete_before), merged)
         return Computed(compute_hours, city, sensor, bronze_rows, states, forget)
     finally:
