@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # MinIO's community edition ships as source only; `go install` is its official install.
 # The Go module proxy refuses the last release's commit (9e49d5e7a648, 403 "not available")
-# but serves the newest commit of master, which we pin instead (see README, "Versions").
+# but serves the newest commit of master, which we pin instead (see docs/versions.md).
 MINIO_MODULE = "github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c"
 # MinIO's client, for the admin API (users, policies): the proxy serves this commit only.
 MC_MODULE = "github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9"

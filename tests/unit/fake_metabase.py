@@ -2,7 +2,7 @@
 (dashboards/metabase.py) uses, shaped after Metabase's API documentation.
 
 Metabase cannot be installed on our machines (a vendor jar download or a Docker image, neither
-reachable), so the provisioner is tested against this fake, and the README says so. What it
+reachable), so the provisioner is tested against this fake, and docs/dashboards.md says so. What it
 enforces, as Metabase does: the session header on every call but health, session properties,
 setup and login; the one-time setup token; the password rule (at least 6 characters with a
 digit, Metabase's default "normal" complexity); the required fields of each body (400 with

@@ -223,9 +223,8 @@ def test_the_image_copies_every_package_the_services_import():
     assert sorted(packages - sources) == []
 
 
-def test_readme_docker_quick_start_matches_the_file(services):
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("## The Docker Compose stack", 1)[1].split("\n## ", 1)[0]
+def test_the_docker_docs_match_the_file(services):
+    section = (REPO_ROOT / "docs" / "compose.md").read_text().split("\n## ", 1)[0]
     scaled = set(re.findall(r"--scale ([\w-]+)=", section))
     assert scaled == set(SCALABLE)
     urls = dict(re.findall(r"\| ([\w ()-]+?) \| http://localhost:(\d+)", section))
