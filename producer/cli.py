@@ -197,37 +197,136 @@ class Stopper:
         signal.signal(signal.SIGINT, self)
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run sends: how many records or for how long, how fast, stamped when."""
+
+    count: int | None
+    duration: float | None
+    rate: float
+    start_time: float | None  # simulated history: record i is stamped start_time + i / rate
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Plan:
+        return cls(args.count, args.duration, args.rate, args.start_time)
+
+    @property
+    def bounded(self) -> bool:
+        return self.count is not None or self.duration is not None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two records; 0 = as fast as possible."""
+        return 1.0 / self.rate if self.rate > 0 else 0.0
+
+    @property
+    def paced(self) -> bool:
+        """Whether records are sent at --rate (simulated history is sent unpaced)."""
+        return bool(self.interval) and self.start_time is None
+
+    def finished(self, sent: int, elapsed: float) -> bool:
+        return ((self.count is not None and sent >= self.count)
+                or (self.duration is not None and elapsed >= self.duration))
+
+    def timestamp(self, i: int, wall0: float, elapsed: float) -> float:
+        """The event time of record i."""
+        return self.start_time + i * self.interval if self.start_time is not None else wall0 + elapsed
+
+
+class Pacer:
+    """Holds record i back until its time at the plan's rate."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.interval = plan.interval if plan.paced else 0.0
+
+    def wait(self, i: int, elapsed: float) -> bool:
+        """Sleep until record i is due; return False if it was not due yet (check again)."""
+        due = i * self.interval
+        if self.interval and due > elapsed + 0.002:
+            time.sleep(due - elapsed)  # pacing to --rate, not waiting for a condition
+            return False
+        return True
+
+
+SECONDS_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}]"
+
+
+class Progress:
+    """A progress bar of whole events (--count) or whole seconds (--duration) on stderr."""
+
+    def __init__(self, plan: Plan, enabled: bool) -> None:
+        self.plan = plan
+        self.shown = 0
+        self.bar = None
+        if enabled and plan.bounded:
+            from tqdm import tqdm
+
+            by_count = plan.count is not None
+            self.bar = tqdm(total=plan.count if by_count else math.ceil(plan.duration), mininterval=1.0,
+                            unit=" ev", file=sys.stderr, dynamic_ncols=True,
+                            # a run of --duration: seconds done of seconds planned, no "s/s" rate
+                            bar_format=None if by_count else SECONDS_BAR)
+
+    def _done(self, sent: int, elapsed: float) -> int:
+        return sent if self.plan.count is not None else int(min(elapsed, self.plan.duration))
+
+    def update(self, sent: int, elapsed: float) -> None:
+        if self.bar is not None and (sent & 1023) == 0:
+            self._advance(self._done(sent, elapsed))
+
+    def _advance(self, done: int) -> None:
+        if done > self.shown:
+            self.bar.update(done - self.shown)
+            self.shown = done
+
+    def close(self, sent: int, elapsed: float, finished: bool) -> None:
+        if self.bar is not None:
+            # a run that reached its duration shows it whole, not the second it began
+            self._advance(self.bar.total if finished and self.plan.count is None else self._done(sent, elapsed))
+            self.bar.close()
+
+
+class StatsLog:
+    """For an unbounded run: a line of figures every --stats-interval s, and the heartbeat file
+    touched when Kafka acknowledged records since the last line."""
+
+    def __init__(self, every_s: float, heartbeat: Path | None, t0: float) -> None:
+        self.every_s = every_s
+        self.heartbeat = heartbeat
+        self.last, self.last_sent, self.last_acked = t0, 0, 0
+
+    def maybe_log(self, now: float, sink: EventSink, stream: EventStream) -> None:
+        if not self.every_s or now - self.last < self.every_s:
+            return
+        log.info("sent=%d (%.0f/s) acked=%d failed=%d bad=%d", sink.sent,
+                 (sink.sent - self.last_sent) / (now - self.last), sink.acked, sink.failed,
+                 sum(v for k, v in stream.counts.items() if k != VALID))
+        self.last, self.last_sent = now, sink.sent
+        if self.heartbeat is not None and sink.acked > self.last_acked:
+            self.heartbeat.touch()
+            self.last_acked = sink.acked
+
+
 def run(args: argparse.Namespace, sink: EventSink, stream: EventStream, stopper: Stopper) -> dict:
     """Send records until the count, duration or a signal stops it; return the summary."""
-    bounded = args.count is not None or args.duration is not None
-    simulated = args.start_time is not None
-    progress = None
-    if bounded and not args.no_progress and not args.dry_run:
-        from tqdm import tqdm
-
-        progress = tqdm(total=args.count or args.duration, unit=" ev" if args.count else " s",
-                        mininterval=1.0, file=sys.stderr, dynamic_ncols=True)
-    interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    plan = Plan.from_args(args)
+    pacer = Pacer(plan)
+    progress = Progress(plan, enabled=not args.no_progress and not args.dry_run)
     t0 = time.monotonic()
     wall0 = time.time()
-    last_stats, last_sent, last_progress = t0, 0, 0.0
-    last_acked = 0
+    stats = None if plan.bounded else StatsLog(args.stats_interval, args.heartbeat_file, t0)
     i = 0
     fatal = None
+    finished = False
     while stopper.signal is None:
         now = time.monotonic()
         elapsed = now - t0
-        if args.count is not None and i >= args.count:
+        if plan.finished(i, elapsed):
+            finished = True
             break
-        if args.duration is not None and elapsed >= args.duration:
-            break
-        if interval and not simulated:
-            due = i * interval
-            if due > elapsed + 0.002:
-                time.sleep(due - elapsed)  # pacing to --rate, not waiting for a condition
-                continue
-        ts = args.start_time + i * interval if simulated else wall0 + (now - t0)
-        record = stream.next_record(ts)
+        if not pacer.wait(i, elapsed):
+            continue
+        record = stream.next_record(plan.timestamp(i, wall0, elapsed))
         try:
             sink.send(record.key, record.value)
         except SinkUnavailable as exc:
@@ -235,24 +334,19 @@ def run(args: argparse.Namespace, sink: EventSink, stream: EventStream, stopper:
             fatal = str(exc)
             break
         i += 1
-        if progress is not None and (i & 1023) == 0:
-            done = i if args.count else min(elapsed, args.duration)
-            progress.update(done - last_progress)
-            last_progress = done
-        if not bounded and args.stats_interval and now - last_stats >= args.stats_interval:
-            log.info("sent=%d (%.0f/s) acked=%d failed=%d bad=%d", sink.sent,
-                     (sink.sent - last_sent) / (now - last_stats), sink.acked, sink.failed,
-                     sum(v for k, v in stream.counts.items() if k != VALID))
-            last_stats, last_sent = now, sink.sent
-            if args.heartbeat_file is not None and sink.acked > last_acked:
-                args.heartbeat_file.touch()
-                last_acked = sink.acked
-    if progress is not None:
-        progress.update((i if args.count else min(time.monotonic() - t0, args.duration)) - last_progress)
-        progress.close()
+        progress.update(i, elapsed)
+        if stats is not None:
+            stats.maybe_log(now, sink, stream)
+    progress.close(i, time.monotonic() - t0, finished)
     send_s = time.monotonic() - t0
     flushed = sink.flush(args.flush_timeout)
     total_s = time.monotonic() - t0
+    return summary(sink, stream, stopper, args, fatal, flushed, send_s, total_s)
+
+
+def summary(sink: EventSink, stream: EventStream, stopper: Stopper, args: argparse.Namespace, fatal: str | None,
+            flushed: bool, send_s: float, total_s: float) -> dict:
+    """The run's figures, printed as PRODUCER_SUMMARY."""
     return {
         "sent": sink.sent, "acked": sink.acked, "failed": sink.failed, "flushed": flushed,
         "unconfirmed": sink.sent - sink.acked - sink.failed,

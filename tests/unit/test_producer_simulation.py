@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 
@@ -337,6 +338,24 @@ def test_heartbeat_file_is_touched_only_when_kafka_acknowledged_records(tmp_path
     summary = run(args, _StopAfter(stopper, 2000, acks), EventStream(Fleet(5, 1, "hb")), stopper)
     assert summary["sent"] == 2000
     assert heartbeat.exists() is touched
+
+
+@pytest.mark.parametrize(("argv", "shown"), [
+    (["--duration", "2.5", "--rate", "2000"], "| 3/3 s ["),   # whole seconds, the fraction rounded up
+    (["--count", "3000", "--rate", "0"], "| 3000/3000 ["),
+])
+def test_the_progress_bar_counts_whole_seconds_or_events(argv, shown, capsys):
+    # it printed raw float seconds before ("221.86344115500015/540.0")
+    from common.env import Env
+    from producer.cli import Stopper, build_parser, run
+
+    args = build_parser(Env({})).parse_args(argv)
+    stopper = Stopper()
+    summary = run(args, _StopAfter(stopper, 10**9, True), EventStream(Fleet(5, 1, "pb")), stopper)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert shown in bar, bar
+    assert not re.search(r"\d\.\d+/", bar), bar
+    assert summary["sent"] == (3000 if "--count" in argv else summary["sent"])
 
 
 @pytest.mark.parametrize(("argv", "message"), [
