@@ -72,10 +72,6 @@ class AirflowApi:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         return self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances{query}")["task_instances"]
 
-    def dag_run(self, dag_id: str, run_id: str) -> dict:
-        """Return a DAG run."""
-        return self._send("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-
     def set_task_state(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
         """Set a task instance's state, as the UI's "Mark as" does (a running task gets on_kill)."""
         self._send("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}",

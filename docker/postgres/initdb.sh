@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The postgres image runs this once, on an empty data directory: the roles and databases of
-# ARCHITECTURE.md (pipeline writer, read-only BI role, Airflow's and Metabase's own), then
+# the pipeline (writer, read-only BI role, Airflow's and Metabase's own), then
 # sql/*.sql in order, as `make up` does for the local stack (stack/init.py).
 set -euo pipefail
 for name in PIPELINE_DB_PASSWORD BI_DB_PASSWORD AIRFLOW_DB_PASSWORD METABASE_DB_PASSWORD; do
