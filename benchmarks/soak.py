@@ -45,10 +45,11 @@ from datetime import UTC, datetime
 
 import boto3
 import psutil
-import psycopg2
 from botocore.client import Config
 
 from common.env import REPO_ROOT, Env
+from common.pipeline import PipelineNames
+from common.postgres import connection, in_schema
 from stack.manager import Supervisor, airflow_api, stream_driver_processes
 from stack.settings import ENV_FILE, load_settings
 
@@ -147,10 +148,8 @@ class Probe:
     """Reads what the pipeline did: PostgreSQL, MinIO, Airflow, the task log."""
 
     def __init__(self, s, env: Env) -> None:
-        from jobs.stream import StreamSettings
-
         self.s = s
-        self.stream = StreamSettings.from_env(env)
+        self.stream = PipelineNames.from_env(env)  # the pipeline's names
         self.schema = self.stream.pg_schema
         self.s3 = boto3.client("s3", endpoint_url=s.s3_endpoint, region_name=s.s3_region,
                                aws_access_key_id=s.s3_access_key, aws_secret_access_key=s.s3_secret_key,
@@ -158,14 +157,9 @@ class Probe:
         self.api = airflow_api(s)
 
     def _query(self, sql: str, args: tuple) -> list[tuple]:
-        conn = psycopg2.connect(host=self.s.pg_host, port=self.s.pg_port, dbname=self.s.pg_db,
-                                user=self.s.pg_writer, password=self.s.pg_writer_password, connect_timeout=10)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql.replace("{schema}", self.schema), args)
-                return cur.fetchall()
-        finally:
-            conn.close()
+        with connection(self.s.pg_params(), "iot-soak") as conn, conn.cursor() as cur:
+            cur.execute(in_schema(self.schema, sql), args)
+            return cur.fetchall()
 
     def latency(self, start: datetime, end: datetime) -> tuple[float | None, float | None, int]:
         """Return produce-to-visible p50 and p99 (s) of the rows made visible in [start, end), and how many."""

@@ -48,22 +48,20 @@ with DAG(
         """Done when the stream has committed every record stamped before the interval's end."""
         from common.env import Env
         from common.kafka import KafkaLogin
+        from common.pipeline import PipelineNames
+        from common.postgres import committed_end_offsets
         from orchestration import connections
-        from orchestration.aggregates import committed_offsets, offsets_before, offsets_still_needed
+        from orchestration.aggregates import offsets_before, offsets_still_needed
 
         env = Env()
-        topic = params["topic"] or env.get("KAFKA_TOPIC", "iot.sensor-readings")
-        schema = params["pg_schema"] or env.get("PIPELINE_SCHEMA", "iot")
-        query_name = params["query_name"] or env.get("STREAM_QUERY_NAME", "sensor_readings")
-        needed = offsets_before(KafkaLogin.from_env(env, "stream"), topic, data_interval_end)
-        conn = connections.postgres()
-        try:
-            missing = offsets_still_needed(needed, committed_offsets(conn, schema, query_name, topic))
-        finally:
-            conn.close()
+        names = PipelineNames.from_env(env).with_params(params)
+        needed = offsets_before(KafkaLogin.from_env(env, "stream"), names.topic, data_interval_end)
+        with connections.postgres() as conn, conn.cursor() as cur:
+            committed = committed_end_offsets(cur, names.pg_schema, query_name=names.query_name, topic=names.topic)
+        missing = offsets_still_needed(needed, committed)
         if missing:
             log.info("the stream still has to commit %d records of %s before %s: %s", sum(missing.values()),
-                     topic, data_interval_end.isoformat(), missing)
+                     names.topic, data_interval_end.isoformat(), missing)
         return PokeReturnValue(is_done=not missing)
 
     # the job's environment holds the pipeline's logins only, and it runs at a low CPU

@@ -39,20 +39,18 @@ with DAG(
     def delete_old_rows(params=None, data_interval_end=None) -> dict:
         """Delete curated rows (in batches) and stream bookkeeping older than the cutoff."""
         from common.env import Env
+        from common.pipeline import PipelineNames
         from orchestration import connections
         from orchestration.retention import RetentionSettings, delete_in_batches, prune_stream_bookkeeping
 
         env = Env()
         settings = RetentionSettings.from_env(env)
-        schema = params["pg_schema"] or env.get("PIPELINE_SCHEMA", "iot")
+        schema = PipelineNames.from_env(env).with_params(params).pg_schema
         cutoff = settings.postgres_cutoff(data_interval_end)
-        conn = connections.postgres()
-        try:
+        with connections.postgres() as conn:
             readings = delete_in_batches(conn, schema, "sensor_readings", "event_time", cutoff,
                                          settings.delete_batch_rows)
             health, progress = prune_stream_bookkeeping(conn, schema, cutoff)
-        finally:
-            conn.close()
         return {"cutoff": cutoff.isoformat(), "sensor_readings": readings, "stream_health": health,
                 "sink_progress": progress}
 
@@ -61,10 +59,11 @@ with DAG(
         """Set the topic's retention.ms from KAFKA_TOPIC_RETENTION_HOURS."""
         from common.env import Env
         from common.kafka import KafkaLogin
+        from common.pipeline import PipelineNames
         from orchestration.retention import RetentionSettings, set_topic_retention
 
         env = Env()
-        topic = params["topic"] or env.get("KAFKA_TOPIC", "iot.sensor-readings")
+        topic = PipelineNames.from_env(env).with_params(params).topic
         hours = RetentionSettings.from_env(env).kafka_hours
         before, now = set_topic_retention(KafkaLogin.from_env(env, "admin"), topic, hours)
         return {"topic": topic, "retention_ms_before": before, "retention_ms": now}
@@ -73,33 +72,29 @@ with DAG(
     def request_lake_maintenance(params=None, data_interval_end=None, run_id=None) -> int:
         """Ask the stream to delete old partitions, compact and vacuum; return the request id."""
         from common.env import Env
+        from common.pipeline import PipelineNames
         from orchestration import connections
         from orchestration.retention import RetentionSettings, request_lake_maintenance
 
         env = Env()
         settings = RetentionSettings.from_env(env)
-        conn = connections.postgres()
-        try:
+        names = PipelineNames.from_env(env).with_params(params)
+        with connections.postgres() as conn:
             return request_lake_maintenance(
-                conn, params["pg_schema"] or env.get("PIPELINE_SCHEMA", "iot"),
-                params["query_name"] or env.get("STREAM_QUERY_NAME", "sensor_readings"),
+                conn, names.pg_schema, names.query_name,
                 settings.lake_cutoff(data_interval_end), settings.vacuum_retain_hours, run_id)
-        finally:
-            conn.close()
 
     @task.sensor(poke_interval=10, timeout=7200, mode="poke")
     def wait_for_lake_maintenance(request_id: int, params=None) -> PokeReturnValue:
         """Done when the stream reports the request done; fails when it reports a failure."""
         from common.env import Env
+        from common.pipeline import PipelineNames
         from orchestration import connections
         from orchestration.retention import lake_maintenance_outcome
 
-        conn = connections.postgres()
-        try:
+        with connections.postgres() as conn:
             state, result, error = lake_maintenance_outcome(
-                conn, params["pg_schema"] or Env().get("PIPELINE_SCHEMA", "iot"), request_id)
-        finally:
-            conn.close()
+                conn, PipelineNames.from_env(Env()).with_params(params).pg_schema, request_id)
         if state == "failed":
             raise RuntimeError(f"lake maintenance request {request_id} failed in the stream: {error}")
         return PokeReturnValue(is_done=state == "done", xcom_value=result)

@@ -40,20 +40,19 @@ from typing import TYPE_CHECKING
 
 from common.contract import MAX_FUTURE_SKEW_SECONDS
 from common.env import Env
-from jobs.session import pg_connect_kwargs
-from jobs.transform import (
+from common.pipeline import PipelineNames
+from common.postgres import connection, in_schema
+from jobs.hourly import (
     CITY_AGGREGATE_COLUMNS,
     SENSOR_AGGREGATE_COLUMNS,
-    Thresholds,
     bronze_as_kafka,
     counted_readings,
-    curated_columns,
     hourly_city_aggregates,
     hourly_sensor_aggregates,
-    parse,
-    validate,
     with_anomalies,
 )
+from jobs.session import pg_connect_kwargs
+from jobs.transform import Thresholds, curated_columns, parse, validate
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -323,33 +322,28 @@ def _csv(rows: list, columns: tuple[str, ...]) -> io.StringIO:
     return buffer
 
 
-def _connect(settings: AggregateSettings):
-    import psycopg2
-
-    return psycopg2.connect(**settings.pg_connect, connect_timeout=10, application_name="iot-aggregates")
+def _connection(settings: AggregateSettings):
+    return connection(settings.pg_connect, "iot-aggregates")
 
 
 def stored_states(settings: AggregateSettings) -> dict[datetime, HourState]:
     """Return what the window's hours were last computed from (aggregate_hours)."""
-    from psycopg2 import errors, sql
+    from psycopg2 import errors
 
-    conn = _connect(settings)
-    try:
-        with conn, conn.cursor() as cur:
-            try:
-                cur.execute(sql.SQL("select hour_start_utc, inputs, complete_before, seen_offsets from {} "
-                                    "where hour_start_utc >= %s and hour_start_utc < %s").format(
-                    sql.Identifier(settings.pg_schema, "aggregate_hours")), (settings.start, settings.end))
-            except errors.UndefinedTable as exc:
-                raise RuntimeError(
-                    f"no table {settings.pg_schema}.aggregate_hours: check --pg-schema / PIPELINE_SCHEMA, or apply "
-                    "sql/003_batch_tables.sql to it (`make up` does; the Docker stack applies sql/ only to a new "
-                    "PostgreSQL volume). Nothing was replaced.") from exc
-            return {hour.astimezone(UTC): HourState(inputs, complete.astimezone(UTC),
-                                                    {key: int(offset) for key, offset in seen.items()})
-                    for hour, inputs, complete, seen in cur.fetchall()}
-    finally:
-        conn.close()
+    with _connection(settings) as conn, conn.cursor() as cur:
+        try:
+            cur.execute(in_schema(settings.pg_schema, "select hour_start_utc, inputs, complete_before, seen_offsets "
+                                                      "from {schema}.aggregate_hours "
+                                                      "where hour_start_utc >= %s and hour_start_utc < %s"),
+                        (settings.start, settings.end))
+        except errors.UndefinedTable as exc:
+            raise RuntimeError(
+                f"no table {settings.pg_schema}.aggregate_hours: check --pg-schema / PIPELINE_SCHEMA, or apply "
+                "sql/003_batch_tables.sql to it (`make up` does; the Docker stack applies sql/ only to a new "
+                "PostgreSQL volume). Nothing was replaced.") from exc
+        return {hour.astimezone(UTC): HourState(inputs, complete.astimezone(UTC),
+                                                {key: int(offset) for key, offset in seen.items()})
+                for hour, inputs, complete, seen in cur.fetchall()}
 
 
 def replace_window(settings: AggregateSettings, computed: Computed) -> None:
@@ -357,37 +351,30 @@ def replace_window(settings: AggregateSettings, computed: Computed) -> None:
     and log the run, in one transaction."""
     import json
 
-    from psycopg2 import sql
-
     def q(text: str):
-        return sql.SQL(text).format(schema=sql.Identifier(settings.pg_schema))
+        return in_schema(settings.pg_schema, text)
 
-    conn = _connect(settings)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("set local timezone = 'UTC'")
-            # two runs at once (max_active_runs=2, a backfill) replace their hours one after the other
-            cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"iot-aggregates {settings.pg_schema}",))
-            for table, rows, columns in (("sensor_readings_hourly_city", computed.city, CITY_AGGREGATE_COLUMNS),
-                                         ("sensor_readings_hourly_sensor", computed.sensor, SENSOR_AGGREGATE_COLUMNS)):
-                ident = sql.Identifier(settings.pg_schema, table)
-                cur.execute(sql.SQL("delete from {} where hour_start_utc = any(%s)").format(ident), (computed.hours,))
-                cur.copy_expert(sql.SQL("copy {} ({}) from stdin with (format csv)").format(
-                    ident, sql.SQL(", ").join(map(sql.Identifier, columns))).as_string(cur), _csv(rows, columns))
-            cur.execute(q("delete from {schema}.aggregate_hours where hour_start_utc = any(%s)"), (computed.forget,))
-            cur.execute(q("insert into {schema}.aggregate_runs (window_start_utc, window_end_utc, bronze_rows_read, "
-                          "city_rows, sensor_rows, hours_replaced) values (%s, %s, %s, %s, %s, %s) returning run_id"),
-                        (settings.start, settings.end, computed.bronze_rows, len(computed.city), len(computed.sensor),
-                         len(computed.hours)))
-            run_id = cur.fetchone()[0]
-            for hour, state in sorted(computed.states.items()):
-                cur.execute(q("insert into {schema}.aggregate_hours (hour_start_utc, inputs, complete_before, "
-                              "seen_offsets, run_id) values (%s, %s, %s, %s, %s) on conflict (hour_start_utc) do "
-                              "update set inputs = excluded.inputs, complete_before = excluded.complete_before, "
-                              "seen_offsets = excluded.seen_offsets, run_id = excluded.run_id"),
-                            (hour, state.inputs, state.complete_before, json.dumps(state.seen_offsets), run_id))
-    finally:
-        conn.close()
+    with _connection(settings) as conn, conn.cursor() as cur:
+        cur.execute("set local timezone = 'UTC'")
+        # two runs at once (max_active_runs=2, a backfill) replace their hours one after the other
+        cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"iot-aggregates {settings.pg_schema}",))
+        for table, rows, columns in (("sensor_readings_hourly_city", computed.city, CITY_AGGREGATE_COLUMNS),
+                                     ("sensor_readings_hourly_sensor", computed.sensor, SENSOR_AGGREGATE_COLUMNS)):
+            cur.execute(q(f"delete from {{schema}}.{table} where hour_start_utc = any(%s)"), (computed.hours,))
+            cur.copy_expert(q(f"copy {{schema}}.{table} ({', '.join(columns)}) from stdin with (format csv)")
+                            .as_string(cur), _csv(rows, columns))
+        cur.execute(q("delete from {schema}.aggregate_hours where hour_start_utc = any(%s)"), (computed.forget,))
+        cur.execute(q("insert into {schema}.aggregate_runs (window_start_utc, window_end_utc, bronze_rows_read, "
+                      "city_rows, sensor_rows, hours_replaced) values (%s, %s, %s, %s, %s, %s) returning run_id"),
+                    (settings.start, settings.end, computed.bronze_rows, len(computed.city), len(computed.sensor),
+                     len(computed.hours)))
+        run_id = cur.fetchone()[0]
+        for hour, state in sorted(computed.states.items()):
+            cur.execute(q("insert into {schema}.aggregate_hours (hour_start_utc, inputs, complete_before, "
+                          "seen_offsets, run_id) values (%s, %s, %s, %s, %s) on conflict (hour_start_utc) do "
+                          "update set inputs = excluded.inputs, complete_before = excluded.complete_before, "
+                          "seen_offsets = excluded.seen_offsets, run_id = excluded.run_id"),
+                        (hour, state.inputs, state.complete_before, json.dumps(state.seen_offsets), run_id))
 
 
 def parse_instant(text: str) -> datetime:
@@ -408,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     env = Env()
-    bucket = env.get("LAKEHOUSE_BUCKET", "lakehouse")
+    pipeline = PipelineNames.from_env(env)
     parser = argparse.ArgumentParser(
         prog="spark-submit jobs/aggregates.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -420,9 +407,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="hours after an hour's end that its late events still count; the run also "
                              "recomputes that many hours before --start (default AGGREGATES_LATENESS_HOURS or 2)")
     parser.add_argument("--bronze-path", default="",
-                        help="bronze Delta table (default BRONZE_PATH or s3a://<bucket>/bronze/sensor_readings)")
-    parser.add_argument("--pg-schema", default="", help="PostgreSQL schema of the aggregate tables "
-                                                        "(default PIPELINE_SCHEMA or iot)")
+                        help=f"bronze Delta table (empty: BRONZE_PATH, the pipeline's: {pipeline.bronze_path})")
+    parser.add_argument("--pg-schema", default="",
+                        help=f"PostgreSQL schema of the aggregate tables (empty: PIPELINE_SCHEMA, the pipeline's: "
+                             f"{pipeline.pg_schema})")
     parser.add_argument("--recompute", choices=("changed", "all"), default="changed",
                         help="changed (default): only the hours never computed under the same inputs or that "
                              "records have reached since (aggregate_hours); all: every hour of the window")
@@ -442,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         start, end = hour_window(args.start, args.end, args.lateness_hours)
     except ValueError as exc:
         parser.error(f"--start/--end: {exc}")
+    names = pipeline.with_params(vars(args))  # the DAG passes an unset param as ""
     settings = AggregateSettings(
         start=start, end=end,
-        bronze_path=args.bronze_path or env.get("BRONZE_PATH", f"s3a://{bucket}/bronze/sensor_readings"),
-        pg_schema=args.pg_schema or env.get("PIPELINE_SCHEMA", "iot"),
+        bronze_path=names.bronze_path,
+        pg_schema=names.pg_schema,
         pg_connect=pg_connect_kwargs(env),
         thresholds=Thresholds.from_env(env),
         lateness_hours=args.lateness_hours,

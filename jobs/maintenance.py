@@ -25,6 +25,8 @@ from datetime import date
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from common.postgres import connection, in_schema, open_connection
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -93,11 +95,9 @@ class WriterLock:
 
     def acquire(self) -> None:
         """Block until this process holds every lock; raise TimeoutError after timeout_seconds."""
-        import psycopg2
         from psycopg2 import errors
 
-        conn = psycopg2.connect(**self.connect_kwargs, connect_timeout=10, application_name=self.application_name)
-        conn.autocommit = True
+        conn = open_connection(self.connect_kwargs, self.application_name, autocommit=True)
         deadline = time.monotonic() + self.timeout_seconds
         try:
             with conn.cursor() as cur:
@@ -191,34 +191,26 @@ class LakeMaintenance:
         self._next_poll = 0.0
 
     def _sql(self, text: str):
-        from psycopg2 import sql
+        return in_schema(self.schema, text)
 
-        return sql.SQL(text).format(schema=sql.Identifier(self.schema))
-
-    def _connect(self):
-        import psycopg2
-
-        return psycopg2.connect(**self.connect_kwargs, connect_timeout=10, application_name="iot-stream-maintenance")
+    def _connection(self):
+        return connection(self.connect_kwargs, "iot-stream-maintenance")
 
     def reset_interrupted(self) -> tuple[int, int]:
         """Return (requeued, failed): the requests a previous driver of this stream left running
         set back to pending, and those already claimed `max_attempts` times marked failed (a
         request that kills the driver must not crash-loop the stream)."""
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(self._sql(
-                    "update {schema}.lake_maintenance set state = 'failed', finished_at = now(), "
-                    "error = format('the stream''s driver died while carrying it out, %%s times "
-                    "(STREAM_MAINTENANCE_MAX_ATTEMPTS=%%s): its log has the cause', attempts, %s) "
-                    "where query_name = %s and state = 'running' and attempts >= %s"),
-                    (self.max_attempts, self.query_name, self.max_attempts))
-                failed = cur.rowcount
-                cur.execute(self._sql("update {schema}.lake_maintenance set state = 'pending', started_at = null "
-                                      "where query_name = %s and state = 'running'"), (self.query_name,))
-                return cur.rowcount, failed
-        finally:
-            conn.close()
+        with self._connection() as conn, conn.cursor() as cur:
+            cur.execute(self._sql(
+                "update {schema}.lake_maintenance set state = 'failed', finished_at = now(), "
+                "error = format('the stream''s driver died while carrying it out, %%s times "
+                "(STREAM_MAINTENANCE_MAX_ATTEMPTS=%%s): its log has the cause', attempts, %s) "
+                "where query_name = %s and state = 'running' and attempts >= %s"),
+                (self.max_attempts, self.query_name, self.max_attempts))
+            failed = cur.rowcount
+            cur.execute(self._sql("update {schema}.lake_maintenance set state = 'pending', started_at = null "
+                                  "where query_name = %s and state = 'running'"), (self.query_name,))
+            return cur.rowcount, failed
 
     def due(self) -> bool:
         """Return True when it is time to look for requests again."""
@@ -250,25 +242,17 @@ class LakeMaintenance:
         return handled
 
     def _claim(self):
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(self._sql(
-                    "update {schema}.lake_maintenance set state = 'running', started_at = now(), "
-                    "attempts = attempts + 1 "
-                    "where request_id = (select request_id from {schema}.lake_maintenance "
-                    "where query_name = %s and state = 'pending' order by request_id limit 1 for update skip locked) "
-                    "returning request_id, delete_before_date, vacuum_retain_hours, attempts"), (self.query_name,))
-                return cur.fetchone()
-        finally:
-            conn.close()
+        with self._connection() as conn, conn.cursor() as cur:
+            cur.execute(self._sql(
+                "update {schema}.lake_maintenance set state = 'running', started_at = now(), "
+                "attempts = attempts + 1 "
+                "where request_id = (select request_id from {schema}.lake_maintenance "
+                "where query_name = %s and state = 'pending' order by request_id limit 1 for update skip locked) "
+                "returning request_id, delete_before_date, vacuum_retain_hours, attempts"), (self.query_name,))
+            return cur.fetchone()
 
     def _finish(self, request_id: int, state: str, result: dict | None, error: str | None) -> None:
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(self._sql("update {schema}.lake_maintenance set state = %s, finished_at = now(), "
-                                      "result = %s, error = %s where request_id = %s"),
-                            (state, json.dumps(result) if result is not None else None, error, request_id))
-        finally:
-            conn.close()
+        with self._connection() as conn, conn.cursor() as cur:
+            cur.execute(self._sql("update {schema}.lake_maintenance set state = %s, finished_at = now(), "
+                                  "result = %s, error = %s where request_id = %s"),
+                        (state, json.dumps(result) if result is not None else None, error, request_id))

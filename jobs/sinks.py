@@ -22,11 +22,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from jobs.transform import CURATED_COLUMNS, built_once, curated_columns
+from common.postgres import committed_end_offsets, in_schema, open_connection
+from jobs.micro_batch import CSV_OPTIONS, BatchHealth, BatchResult
+from jobs.transform import CURATED_COLUMNS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -105,45 +106,12 @@ class DeltaSink:
         return True
 
 
-# Spark's CSV writer, set up for PostgreSQL's CSV COPY: quotes doubled, empty = NULL,
-# timestamps with their UTC offset.
-CSV_OPTIONS = {"escape": '"', "quote": '"', "nullValue": "", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
-
-
-@built_once
-def curated_csv_column(thresholds):
-    """Return a Column: the record's curated row as a CSV line (CURATED_COLUMNS order) when it
-    is valid, else null. Built on the executors."""
-    from pyspark.sql import functions as F
-
-    line = F.to_csv(F.struct(*curated_columns(thresholds)), CSV_OPTIONS)
-    return F.when(F.size("failed_rules") == 0, line)
-
-
-@built_once
-def batch_summary_columns(thresholds) -> tuple:
-    """Return what the stream collects of each record: partition, offset, failed rules and, if
-    valid, its curated CSV line (jobs/transform.summarize reads them in this order)."""
-    from pyspark.sql import functions as F
-
-    return F.col("partition"), F.col("offset"), F.col("failed_rules"), curated_csv_column(thresholds)
-
-
 def curated_csv_lines(curated_rows: DataFrame) -> list[str]:
     """Return curated rows as CSV lines in CURATED_COLUMNS order (built on the executors)."""
     from pyspark.sql import functions as F
 
     line = F.to_csv(F.struct(*CURATED_COLUMNS), CSV_OPTIONS)
     return [row[0] for row in curated_rows.select(line).collect()]
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What the PostgreSQL transaction did."""
-
-    committed: bool  # False: the batch was already committed (a replay)
-    inserted: int
-    duplicates: int
 
 
 class PostgresSink:
@@ -155,28 +123,20 @@ class PostgresSink:
         self._conn = None
 
     def _connection(self):
-        import psycopg2
-
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg2.connect(**self.connect_kwargs, connect_timeout=10,
-                                          application_name="iot-stream")
+            self._conn = open_connection(self.connect_kwargs, "iot-stream")
         return self._conn
 
     def _sql(self, text: str):
-        from psycopg2 import sql
-
-        return sql.SQL(text).format(schema=sql.Identifier(self.schema))
+        return in_schema(self.schema, text)
 
     def committed_end_offsets(self, query_id: str) -> dict[int, int]:
         """Return the end offsets recorded by the query's last committed batch (empty if none)."""
         conn = self._connection()
         with conn, conn.cursor() as cur:
-            cur.execute(self._sql("select end_offsets from {schema}.stream_health where query_id = %s "
-                                  "order by batch_id desc limit 1"), (query_id,))
-            row = cur.fetchone()
-        return {int(p): int(o) for p, o in row[0].items()} if row else {}
+            return committed_end_offsets(cur, self.schema, query_id=query_id)
 
-    def write_batch(self, query_id: str, batch_id: int, csv_lines: list[str], health: dict) -> BatchResult:
+    def write_batch(self, query_id: str, batch_id: int, health: BatchHealth, csv_lines: list[str]) -> BatchResult:
         """Insert the batch's rows (duplicates skipped), its progress row and its health row,
         atomically; do nothing when the batch is already committed."""
         conn = self._connection()
@@ -208,11 +168,10 @@ class PostgresSink:
                     "rule_failures, validate_ms, postgres_ms, end_offsets, offsets_behind) "
                     "values (%s, %s, %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, "
                     "(extract(epoch from clock_timestamp() - %s::timestamptz) * 1000)::int, %s, %s)"),
-                    (query_id, batch_id, health["query_name"], health["topic"], health["started_at"],
-                     health["rows_in"], health["rows_valid"],
-                     health["rows_quarantined"], inserted, duplicates, json.dumps(health["rule_failures"]),
-                     health["validate_ms"], health["postgres_started_at"], json.dumps(health["end_offsets"]),
-                     health["offsets_behind"]))
+                    (query_id, batch_id, health.query_name, health.topic, health.started_at,
+                     health.rows_in, health.rows_valid, health.rows_quarantined, inserted, duplicates,
+                     json.dumps(health.rule_failures), health.validate_ms, health.postgres_started_at,
+                     json.dumps(health.end_offsets), health.offsets_behind))
             return BatchResult(committed=True, inserted=inserted, duplicates=duplicates)
         except Exception:
             # The transaction rolled back; drop the connection so the next attempt starts clean.

@@ -48,16 +48,3 @@ def offsets_before(login: KafkaLogin, topic: str, until: datetime) -> dict[int, 
         return {tp.partition: (at[tp].offset if at.get(tp) is not None else ends[tp]) for tp in tps}
     finally:
         consumer.close()
-
-
-def committed_offsets(conn, schema: str, query_name: str, topic: str) -> dict[int, int]:
-    """Return the end offsets of the latest micro-batch the stream `query_name` committed from
-    `topic` in `schema` (another stream's health rows never count)."""
-    from psycopg2 import sql
-
-    with conn.cursor() as cur:
-        cur.execute(sql.SQL("select end_offsets from {}.stream_health where query_name = %s and topic = %s "
-                            "order by batch_finished_at desc limit 1").format(sql.Identifier(schema)),
-                    (query_name, topic))
-        row = cur.fetchone()
-    return {int(p): int(o) for p, o in row[0].items()} if row else {}

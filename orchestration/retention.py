@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.env import Env
+from common.postgres import in_schema
 
 if TYPE_CHECKING:
     from common.kafka import KafkaLogin
@@ -105,11 +106,8 @@ def prune_logs(root: Path, cutoff: datetime) -> tuple[int, int]:
 def delete_in_batches(conn, schema: str, table: str, time_column: str, cutoff: datetime, batch_rows: int) -> int:
     """Delete rows of `table` with `time_column` before `cutoff`, `batch_rows` per transaction
     (short locks, bounded WAL, progress in the log); return how many were deleted."""
-    from psycopg2 import sql
-
-    statement = sql.SQL(
-        "delete from {t} where ctid = any(array(select ctid from {t} where {c} < %s limit %s))").format(
-        t=sql.Identifier(schema, table), c=sql.Identifier(time_column))
+    statement = in_schema(schema, f"delete from {{schema}}.{table} where ctid = any(array(select ctid from "
+                                  f"{{schema}}.{table} where {time_column} < %s limit %s))")
     total, started = 0, time.monotonic()
     while True:
         with conn, conn.cursor() as cur:
@@ -126,18 +124,16 @@ def delete_in_batches(conn, schema: str, table: str, time_column: str, cutoff: d
 def prune_stream_bookkeeping(conn, schema: str, cutoff: datetime) -> tuple[int, int]:
     """Delete health and progress rows older than `cutoff`, keeping each query's latest batch
     (the stream reads its end offsets from it); return (health rows, progress rows) deleted."""
-    from psycopg2 import sql
-
     with conn, conn.cursor() as cur:
-        cur.execute(sql.SQL(
-            "delete from {s}.stream_health h where batch_finished_at < %s and batch_id < "
-            "(select max(batch_id) from {s}.stream_health l where l.query_id = h.query_id)").format(
-            s=sql.Identifier(schema)), (cutoff,))
+        cur.execute(in_schema(schema,
+                              "delete from {schema}.stream_health h where batch_finished_at < %s and batch_id < "
+                              "(select max(batch_id) from {schema}.stream_health l where l.query_id = h.query_id)"),
+                    (cutoff,))
         health = cur.rowcount
-        cur.execute(sql.SQL(
-            "delete from {s}.sink_progress p where committed_at < %s and batch_id < "
-            "(select max(batch_id) from {s}.sink_progress l where l.query_id = p.query_id)").format(
-            s=sql.Identifier(schema)), (cutoff,))
+        cur.execute(in_schema(schema,
+                              "delete from {schema}.sink_progress p where committed_at < %s and batch_id < "
+                              "(select max(batch_id) from {schema}.sink_progress l where l.query_id = p.query_id)"),
+                    (cutoff,))
         return health, cur.rowcount
 
 
@@ -169,23 +165,19 @@ def set_topic_retention(login: KafkaLogin, topic: str, hours: int) -> tuple[str 
 def request_lake_maintenance(conn, schema: str, query_name: str, delete_before: date, vacuum_retain_hours: int,
                              requested_by: str) -> int:
     """Ask the stream `query_name` to maintain its Delta tables; return the request id."""
-    from psycopg2 import sql
-
     with conn, conn.cursor() as cur:
-        cur.execute(sql.SQL(
-            "insert into {}.lake_maintenance (requested_by, query_name, delete_before_date, vacuum_retain_hours) "
-            "values (%s, %s, %s, %s) returning request_id").format(sql.Identifier(schema)),
+        cur.execute(in_schema(
+            schema, "insert into {schema}.lake_maintenance (requested_by, query_name, delete_before_date, "
+                    "vacuum_retain_hours) values (%s, %s, %s, %s) returning request_id"),
             (requested_by, query_name, delete_before, vacuum_retain_hours))
         return cur.fetchone()[0]
 
 
 def lake_maintenance_outcome(conn, schema: str, request_id: int) -> tuple[str, dict | None, str | None]:
     """Return (state, result, error) of a maintenance request."""
-    from psycopg2 import sql
-
     with conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("select state, result, error from {}.lake_maintenance where request_id = %s")
-                    .format(sql.Identifier(schema)), (request_id,))
+        cur.execute(in_schema(schema, "select state, result, error from {schema}.lake_maintenance "
+                                      "where request_id = %s"), (request_id,))
         row = cur.fetchone()
     if row is None:
         raise LookupError(f"lake maintenance request {request_id} not found in {schema}.lake_maintenance")

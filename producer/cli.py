@@ -29,6 +29,7 @@ from pathlib import Path
 
 from common.env import Env, MissingSetting
 from common.kafka import KafkaLogin
+from common.pipeline import DEFAULT_PRODUCER_BAD_RATE, DEFAULT_PRODUCER_RATE, PipelineNames
 from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import FLEET_ID, AnomalyRates, Fleet
 from producer.sinks import EventSink, KafkaSink, SinkUnavailable, StdoutSink
@@ -113,9 +114,9 @@ def build_parser(env: Env) -> argparse.ArgumentParser:
     g = p.add_argument_group("how much")
     # defaults from the environment are strings, so argparse checks them with the same type
     g.add_argument("--rate", type=_non_negative_float("--rate", MAX_RATE),
-                   default=env.get("PRODUCER_RATE", "100"),
+                   default=env.get("PRODUCER_RATE", f"{DEFAULT_PRODUCER_RATE:g}"),
                    help="events per second, evenly paced; 0 = as fast as possible "
-                        "(default: PRODUCER_RATE or 100)")
+                        f"(default: PRODUCER_RATE or {DEFAULT_PRODUCER_RATE:g})")
     stop = g.add_mutually_exclusive_group()
     stop.add_argument("--count", type=_positive_int("--count", MAX_COUNT),
                       help="stop after this many events (valid + bad); shows a progress bar")
@@ -148,14 +149,15 @@ def build_parser(env: Env) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("bad events (to exercise the pipeline)")
     g.add_argument("--bad-rate", type=_fraction("--bad-rate"),
-                   default=env.get("PRODUCER_BAD_RATE", "0"),
-                   help="fraction of events replaced by a bad one (default: PRODUCER_BAD_RATE or 0)")
+                   default=env.get("PRODUCER_BAD_RATE", f"{DEFAULT_PRODUCER_BAD_RATE:g}"),
+                   help="fraction of events replaced by a bad one "
+                        f"(default: PRODUCER_BAD_RATE or {DEFAULT_PRODUCER_BAD_RATE:g})")
     g.add_argument("--bad-categories", type=_categories, default=BAD_CATEGORIES, metavar="LIST",
                    help="comma-separated categories to draw from (default: all): "
                         + ", ".join(BAD_CATEGORIES))
 
     g = p.add_argument_group("Kafka")
-    g.add_argument("--topic", default=env.get("KAFKA_TOPIC", "iot.sensor-readings"),
+    g.add_argument("--topic", default=PipelineNames.from_env(env).topic,
                    help="topic (default: KAFKA_TOPIC or iot.sensor-readings)")
     g.add_argument("--bootstrap-servers", default=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
                    help="host:port[,...] (default: KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092). It logs in with "

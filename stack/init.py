@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from common.pipeline import DEFAULT_SCHEMA
+from common.postgres import connection
 from stack.service_user import existing
 from stack.services import kafka_java_command, new_kafka_cluster_id, write_state_file
 from stack.settings import StackSettings
@@ -64,16 +66,14 @@ def init_postgres_cluster(s: StackSettings, bindir: Path) -> bool:
     return True
 
 
-def _connect(s: StackSettings, user: str, password: str, dbname: str = "postgres"):
-    import psycopg2
-
-    return psycopg2.connect(host=s.pg_host, port=s.pg_port, user=user, password=password,
-                            dbname=dbname, connect_timeout=3)
+def _connection(s: StackSettings, dbname: str = "postgres", autocommit: bool = False):
+    """The superuser's connection for one step of the setup (committed and closed after it)."""
+    return connection(s.pg_params("superuser", dbname), "iot-stack-init", timeout_seconds=3, autocommit=autocommit)
 
 
 def pg_ready(s: StackSettings) -> bool:
     """Return whether the superuser can connect and run a query."""
-    with _connect(s, s.pg_superuser, s.pg_superuser_password) as conn, conn.cursor() as cur:
+    with _connection(s) as conn, conn.cursor() as cur:
         cur.execute("select 1")
         return cur.fetchone() == (1,)
 
@@ -98,18 +98,14 @@ def _ensure_database(cur, name: str, owner: str) -> None:
 
 def init_postgres(s: StackSettings) -> list[str]:
     """Create roles and databases, then apply sql/*.sql in order; return the files applied."""
-    conn = _connect(s, s.pg_superuser, s.pg_superuser_password)
-    conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
-    try:
-        with conn.cursor() as cur:
-            _ensure_role(cur, s.pg_writer, s.pg_writer_password)
-            _ensure_role(cur, s.pg_bi, s.pg_bi_password)
-            _ensure_role(cur, s.airflow_db_user, s.airflow_db_password)
-            _ensure_database(cur, s.pg_db, s.pg_writer)
-            _ensure_database(cur, s.airflow_db, s.airflow_db_user)
-            _restrict_databases(cur, s)
-    finally:
-        conn.close()
+    # CREATE DATABASE cannot run in a transaction
+    with _connection(s, autocommit=True) as conn, conn.cursor() as cur:
+        _ensure_role(cur, s.pg_writer, s.pg_writer_password)
+        _ensure_role(cur, s.pg_bi, s.pg_bi_password)
+        _ensure_role(cur, s.airflow_db_user, s.airflow_db_password)
+        _ensure_database(cur, s.pg_db, s.pg_writer)
+        _ensure_database(cur, s.airflow_db, s.airflow_db_user)
+        _restrict_databases(cur, s)
     return apply_sql(s)
 
 
@@ -132,7 +128,7 @@ PIPELINE_TABLES_SQL = ("002_pipeline_tables.sql", "003_batch_tables.sql")
 MARTS_SQL = "004_marts.sql"
 
 
-def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema: str = "iot",
+def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema: str = DEFAULT_SCHEMA,
               marts_schema: str = "marts") -> list[str]:
     """Apply sql/NNN_*.sql (or `files`) in order with psql; each file is idempotent."""
     psql = shutil.which("psql")
@@ -164,10 +160,9 @@ def create_pipeline_schema(s: StackSettings, schema: str, marts: bool = False) -
     `marts`, also the marts views over them in `marts_schema_of(schema)`."""
     from psycopg2 import sql
 
-    with _connect(s, s.pg_superuser, s.pg_superuser_password, s.pg_db) as conn, conn.cursor() as cur:
+    with _connection(s, s.pg_db) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("create schema if not exists {} authorization {}").format(
             sql.Identifier(schema), sql.Identifier(s.pg_writer)))
-    conn.close()
     apply_sql(s, [s.repo / "sql" / name for name in PIPELINE_TABLES_SQL], pipeline_schema=schema)
     if marts:
         apply_sql(s, [s.repo / "sql" / MARTS_SQL], pipeline_schema=schema, marts_schema=marts_schema_of(schema))
@@ -177,12 +172,11 @@ def drop_pipeline_schema(s: StackSettings, schema: str) -> None:
     """Drop a schema made by create_pipeline_schema, with everything in it."""
     from psycopg2 import sql
 
-    if schema == "iot":
+    if schema == DEFAULT_SCHEMA:
         raise ValueError("refusing to drop the pipeline's own schema")
-    with _connect(s, s.pg_superuser, s.pg_superuser_password, s.pg_db) as conn, conn.cursor() as cur:
+    with _connection(s, s.pg_db) as conn, conn.cursor() as cur:
         for name in (marts_schema_of(schema), schema):
             cur.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(name)))
-    conn.close()
 
 
 # ---- Kafka ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from common.env import ConfigError, Env, MissingSetting
 from common.kafka import ROLES, STREAM_GROUP_PREFIX, KafkaLogin
+from common.pipeline import DEFAULT_TOPIC, PipelineNames
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class KafkaSetup:
     bootstrap: str  # the broker's own (PLAIN) listener
     broker_password: str = field(repr=False)
     users: dict = field(repr=False)  # role -> (user, password)
-    topic: str = "iot.sensor-readings"
+    topic: str = DEFAULT_TOPIC
     partitions: int = 6
     retention_hours: int = 168
     adhoc_prefix: str = "iot.adhoc."
@@ -48,7 +49,7 @@ class KafkaSetup:
                    broker_password=env.require("KAFKA_BROKER_PASSWORD", "run `make up` to generate it"),
                    users={role: (login.user, login.password) for role in ROLES
                           for login in (KafkaLogin.from_env(env, role),)},
-                   topic=env.get("KAFKA_TOPIC", "iot.sensor-readings"),
+                   topic=PipelineNames.from_env(env).topic,
                    partitions=env.get_int("KAFKA_TOPIC_PARTITIONS", 6),
                    retention_hours=env.get_int("KAFKA_TOPIC_RETENTION_HOURS", 168),
                    adhoc_prefix=env.get("KAFKA_ADHOC_TOPIC_PREFIX", "iot.adhoc."))

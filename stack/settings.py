@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.env import GENERATED_SECRETS, REPO_ROOT, SECRETS_BEFORE_RECORD, Env, default_cache_dir, parse_env_file
 from common.kafka import ROLES, KafkaLogin
+from common.pipeline import DEFAULT_BUCKET, DEFAULT_PRODUCER_BAD_RATE, DEFAULT_PRODUCER_RATE, PipelineNames
 from stack.kafka_admin import KafkaSetup
 from stack.service_user import DEFAULT_SERVICE_USER
 
@@ -233,6 +234,16 @@ class StackSettings:
         listener (SASL/PLAIN): the super user `make up` creates users and ACLs with."""
         return self.kafka_setup().broker_kwargs()
 
+    # ---- PostgreSQL logins -------------------------------------------------------------
+    def pg_params(self, role: str = "writer", dbname: str | None = None) -> dict:
+        """Return the psycopg2 connection parameters of `role` (writer, bi, superuser) for
+        `dbname` (default: the pipeline's database), for `common.postgres`."""
+        user, password = {"writer": (self.pg_writer, self.pg_writer_password),
+                          "bi": (self.pg_bi, self.pg_bi_password),
+                          "superuser": (self.pg_superuser, self.pg_superuser_password)}[role]
+        return {"host": self.pg_host, "port": self.pg_port, "dbname": dbname or self.pg_db,
+                "user": user, "password": password}
+
     # ---- derived paths -------------------------------------------------------------
     @property
     def jars_dir(self) -> Path:
@@ -342,7 +353,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         kafka_port=env.get_port("KAFKA_PORT", 9092),
         kafka_controller_port=env.get_port("KAFKA_CONTROLLER_PORT", 9093),
         kafka_bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        kafka_topic=env.get("KAFKA_TOPIC", "iot.sensor-readings"),
+        kafka_topic=PipelineNames.from_env(env).topic,
         kafka_partitions=env.get_int("KAFKA_TOPIC_PARTITIONS", 6),
         kafka_retention_hours=env.get_int("KAFKA_TOPIC_RETENTION_HOURS", 168),
         kafka_heap_opts=env.get("KAFKA_HEAP_OPTS", "-Xms256m -Xmx768m"),
@@ -357,7 +368,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         minio_root_password=env.require("MINIO_ROOT_PASSWORD", "run `make up` to generate it"),
         s3_endpoint=env.get("S3_ENDPOINT", "http://127.0.0.1:9000"),
         s3_region=env.get("S3_REGION", "us-east-1"),
-        bucket=env.get("LAKEHOUSE_BUCKET", "lakehouse"),
+        bucket=env.get("LAKEHOUSE_BUCKET", DEFAULT_BUCKET),
         s3_access_key=env.get("S3_ACCESS_KEY", "lakehouse-pipeline"),
         s3_secret_key=env.require("S3_SECRET_KEY", "run `make up` to generate it"),
         pg_host=env.get("POSTGRES_HOST", "127.0.0.1"),
@@ -382,9 +393,9 @@ def load_settings(env: Env | None = None) -> StackSettings:
         spark_master=env.get("SPARK_MASTER", "local[2]"),
         spark_batch_master=env.get("SPARK_BATCH_MASTER", "local[1]"),
         spark_driver_memory=env.get("SPARK_DRIVER_MEMORY", "1g"),
-        producer_rate=env.get_float("PRODUCER_RATE", 50.0),
+        producer_rate=env.get_float("PRODUCER_RATE", DEFAULT_PRODUCER_RATE),
         producer_sensors=env.get_int("PRODUCER_SENSORS", 50),
-        producer_bad_rate=env.get_float("PRODUCER_BAD_RATE", 0.005),
+        producer_bad_rate=env.get_float("PRODUCER_BAD_RATE", DEFAULT_PRODUCER_BAD_RATE),
         superset_port=env.get_port("SUPERSET_PORT", 8088),
         superset_admin_user=env.get("SUPERSET_ADMIN_USER", "admin"),
         superset_admin_password=env.require("SUPERSET_ADMIN_PASSWORD", "run `make up` to generate it"),

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
-import psycopg2
 from botocore.client import Config
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from common.env import Env
+from common.postgres import open_connection
 from jobs.spark_conf import stream_driver_java_options
 from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import AnomalyRates, Fleet
@@ -128,15 +128,10 @@ class Pipeline:
 
     def stack_connect(self) -> dict:
         """Return psycopg2 connect arguments for the pipeline's writer role."""
-        return {"host": self.stack.pg_host, "port": self.stack.pg_port, "dbname": self.stack.pg_db,
-                "user": self.stack.pg_writer, "password": self.stack.pg_writer_password}
+        return self.stack.pg_params()
 
     def pg(self):
-        conn = psycopg2.connect(host=self.stack.pg_host, port=self.stack.pg_port, dbname=self.stack.pg_db,
-                                user=self.stack.pg_writer, password=self.stack.pg_writer_password,
-                                connect_timeout=5)
-        conn.autocommit = True
-        return conn
+        return open_connection(self.stack_connect(), "iot-tests", autocommit=True)
 
     def query(self, sql: str) -> list[tuple]:
         conn = self.pg()

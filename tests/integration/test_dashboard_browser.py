@@ -61,13 +61,11 @@ def browser():
 
 def pipeline_value(stack, query: str):
     """One value from the running pipeline's tables (read only)."""
-    import psycopg2
+    from common.postgres import connection
 
-    with psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=stack.pg_db, user=stack.pg_writer,
-                          password=stack.pg_writer_password) as conn, conn.cursor() as cur:
+    with connection(stack.pg_params(), "iot-tests") as conn, conn.cursor() as cur:
         cur.execute(query)
         (value,) = cur.fetchone()
-    conn.close()
     return value
 
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-import psycopg2
 import pytest
 from psycopg2 import errors, sql
 
+from common.postgres import open_connection
 from stack.init import create_pipeline_schema, drop_pipeline_schema, marts_schema_of
 
 pytestmark = pytest.mark.integration
@@ -33,16 +33,13 @@ def schemas(stack):
     drop_pipeline_schema(stack, name)
 
 
-def connect(stack, user: str, password: str):
-    conn = psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=stack.pg_db, user=user,
-                            password=password, connect_timeout=10)
-    conn.autocommit = True
-    return conn
+def connect(stack, role: str):
+    return open_connection(stack.pg_params(role), f"iot-tests-{role}", autocommit=True)
 
 
 def test_marts_return_the_exact_figures_of_known_rows(stack, schemas):
     schema, marts = schemas
-    writer = connect(stack, stack.pg_writer, stack.pg_writer_password)
+    writer = connect(stack, "writer")
     with writer.cursor() as cur:
         cur.execute("select date_trunc('minute', now()), now()")
         m0, t0 = cur.fetchone()
@@ -89,7 +86,7 @@ def test_marts_return_the_exact_figures_of_known_rows(stack, schemas):
     writer.close()
 
     started = time.monotonic()
-    bi = connect(stack, stack.pg_bi, stack.pg_bi_password)
+    bi = connect(stack, "bi")
     with bi.cursor() as cur:
         def rows(view: str, order: str = "") -> list[tuple]:
             cur.execute(sql.SQL("select * from {}.{} " + order).format(sql.Identifier(marts), sql.Identifier(view)))
@@ -145,7 +142,7 @@ def test_marts_return_the_exact_figures_of_known_rows(stack, schemas):
 
 def test_empty_tables_give_one_row_of_kpis_and_health_and_empty_boards(stack, schemas):
     _, marts = schemas
-    bi = connect(stack, stack.pg_bi, stack.pg_bi_password)
+    bi = connect(stack, "bi")
     with bi.cursor() as cur:
         counts = {}
         for view in ("current_kpis", "city_board", "temperature_per_minute", "hourly_city", "pipeline_health"):
@@ -166,7 +163,7 @@ def test_every_card_of_the_dashboard_spec_runs_as_the_bi_role_and_has_its_column
     from dashboards.spec import load
 
     _, marts = schemas
-    bi = connect(stack, stack.pg_bi, stack.pg_bi_password)
+    bi = connect(stack, "bi")
     with bi.cursor() as cur:
         for card in load().cards:
             cur.execute(card.query.replace("marts.", f'"{marts}".'))

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
+from common.postgres import open_connection
 from stack.manager import Supervisor, stream_driver_processes
 from stack.probes import airflow_health, wait_for
 from stack.services import AIRFLOW_PROGRAMS
@@ -142,18 +143,15 @@ def test_object_store_pipeline_key_cannot_mint_keys_for_itself(stack, tmp_path):
 
 # ---- PostgreSQL ------------------------------------------------------------------------------
 
-def _pg(stack, user, password):
-    conn = psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=stack.pg_db,
-                            user=user, password=password, connect_timeout=5)
-    conn.autocommit = True
-    return conn
+def _pg(stack, role: str):
+    return open_connection(stack.pg_params(role), f"iot-tests-{role}", autocommit=True)
 
 
 @pytest.fixture
 def mart_table(stack, unique_name):
     """A table the writer creates in the marts schema (which the BI role may read)."""
     name = f"marts.{unique_name('it')}"
-    writer = _pg(stack, stack.pg_writer, stack.pg_writer_password)
+    writer = _pg(stack, "writer")
     with writer.cursor() as cur:
         cur.execute(f"create table {name} (id int primary key, reading_c numeric)")
     yield name, writer
@@ -166,7 +164,7 @@ def test_postgres_writer_inserts_and_bi_role_only_reads(stack, mart_table):
     name, writer = mart_table
     with writer.cursor() as cur:
         cur.execute(f"insert into {name} values (1, 21.5), (2, 22.5)")
-    bi = _pg(stack, stack.pg_bi, stack.pg_bi_password)
+    bi = _pg(stack, "bi")
     try:
         with bi.cursor() as cur:
             cur.execute(f"select id, reading_c from {name} order by id")
@@ -190,7 +188,7 @@ def test_postgres_writer_inserts_and_bi_role_only_reads(stack, mart_table):
 
 
 def test_postgres_bi_role_cannot_read_the_pipeline_schema(stack):
-    bi = _pg(stack, stack.pg_bi, stack.pg_bi_password)
+    bi = _pg(stack, "bi")
     try:
         with bi.cursor() as cur:
             cur.execute("set default_transaction_read_only = off")
@@ -205,7 +203,7 @@ def test_postgres_bi_role_cannot_read_the_pipeline_schema(stack):
 def test_postgres_bi_role_is_read_only_by_privileges_and_confined_to_its_database(stack):
     """Switching the read-only default off (set transaction read write) must not open a write:
     no TEMP, no CREATE anywhere; and no database but the pipeline's lets it in."""
-    bi = _pg(stack, stack.pg_bi, stack.pg_bi_password)
+    bi = _pg(stack, "bi")
     try:
         bi.autocommit = False
         for statement in ("create temporary table mine (id int)", "create table public.mine (id int)",
@@ -220,8 +218,7 @@ def test_postgres_bi_role_is_read_only_by_privileges_and_confined_to_its_databas
         bi.close()
     for database in (stack.airflow_db, "postgres"):
         with pytest.raises(psycopg2.OperationalError, match=f'permission denied for database "{database}"'):
-            psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=database, user=stack.pg_bi,
-                             password=stack.pg_bi_password, connect_timeout=5)
+            open_connection(stack.pg_params("bi", database), "iot-tests-bi")
 
 
 # ---- Spark -----------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ from __future__ import annotations
 import subprocess
 
 import boto3
-import psycopg2
 import pytest
 from botocore.client import Config
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from common.postgres import connection
 from stack import manager
 
 pytestmark = [pytest.mark.integration, pytest.mark.restarts_stack]
@@ -32,10 +32,7 @@ def test_second_up_is_harmless_and_data_survives_down_and_up(stack, unique_name)
                       config=Config(s3={"addressing_style": "path"}))
 
     def pg():
-        conn = psycopg2.connect(host=stack.pg_host, port=stack.pg_port, dbname=stack.pg_db,
-                                user=stack.pg_writer, password=stack.pg_writer_password)
-        conn.autocommit = True
-        return conn
+        return connection(stack.pg_params(), "iot-tests", autocommit=True)
 
     admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])

@@ -10,11 +10,10 @@ import subprocess
 import uuid
 from datetime import date
 
-import psycopg2
 import pytest
 
+from common.postgres import committed_end_offsets, connection
 from jobs.maintenance import LakeMaintenance, WriterLock, writer_resources
-from orchestration.aggregates import committed_offsets
 from orchestration.retention import lake_maintenance_outcome, request_lake_maintenance
 from stack.init import create_pipeline_schema, drop_pipeline_schema, marts_schema_of
 from tests.integration.pipeline_kit import Pipeline
@@ -78,10 +77,32 @@ def test_the_stream_takes_the_lock_of_each_table_it_writes(stack, tmp_path):
         p.destroy()
 
 
+def test_a_connection_for_one_piece_of_work_commits_or_rolls_back_then_closes(stack, schema):
+    params = writer_connect(stack)
+    with connection(params, "test-commits") as conn, conn.cursor() as cur:
+        cur.execute(f"create table {schema}.pieces (n int)")
+        cur.execute(f"insert into {schema}.pieces values (1)")
+        cur.execute("select application_name from pg_stat_activity where pid = pg_backend_pid()")
+        assert cur.fetchone() == ("test-commits",)
+    assert conn.closed
+    def insert_then_fail() -> None:
+        with connection(params, "test-rolls-back") as failing, failing.cursor() as cur:
+            cur.execute(f"insert into {schema}.pieces values (2)")
+            opened.append(failing)
+            raise RuntimeError("the work failed")
+
+    opened = []
+    with pytest.raises(RuntimeError, match="the work failed"):
+        insert_then_fail()
+    assert opened[0].closed
+    with connection(params, "test-reads") as conn, conn.cursor() as cur:
+        cur.execute(f"select n from {schema}.pieces")
+        assert cur.fetchall() == [(1,)]  # the first block committed, the second rolled back
+
+
 def test_health_rows_are_read_per_stream_and_topic(stack, schema):
-    conn = psycopg2.connect(**writer_connect(stack))
-    try:
-        with conn, conn.cursor() as cur:
+    with connection(writer_connect(stack), "test-health-rows") as conn:
+        with conn.cursor() as cur:
             rows = [  # (query id, batch, query name, topic, seconds ago, end offsets)
                 ("q1", 1, "mine", "topic-a", 30, {"0": 10}),
                 ("q1", 2, "mine", "topic-a", 20, {"0": 25}),
@@ -95,16 +116,21 @@ def test_health_rows_are_read_per_stream_and_topic(stack, schema):
                             "(%s, %s, %s, %s, now() - make_interval(secs => %s), now() - make_interval(secs => %s), "
                             "0, 0, 0, 0, 0, '{}', 1, 1, %s)",
                             (query_id, batch_id, name, topic, ago, ago, json.dumps(offsets)))
-        assert committed_offsets(conn, schema, "mine", "topic-a") == {0: 25}
-        assert committed_offsets(conn, schema, "other", "topic-a") == {0: 999}
-        assert committed_offsets(conn, schema, "mine", "topic-c") == {}
-    finally:
-        conn.close()
+        with conn.cursor() as cur:
+            # a stream by name and topic (the aggregates' wait), across its checkpoints
+            assert committed_end_offsets(cur, schema, query_name="mine", topic="topic-a") == {0: 25}
+            assert committed_end_offsets(cur, schema, query_name="other", topic="topic-a") == {0: 999}
+            assert committed_end_offsets(cur, schema, query_name="mine", topic="topic-c") == {}
+            # one checkpoint's query (the stream's restart), by batch
+            assert committed_end_offsets(cur, schema, query_id="q1") == {0: 25}
+            assert committed_end_offsets(cur, schema, query_id="q3") == {0: 555}
+            assert committed_end_offsets(cur, schema, query_id="q9") == {}
+            with pytest.raises(ValueError, match="needs query_id, or query_name and topic"):
+                committed_end_offsets(cur, schema, query_name="mine")
 
 
 def test_a_maintenance_request_that_kills_the_driver_fails_after_its_attempts(stack, schema):
-    conn = psycopg2.connect(**writer_connect(stack))
-    try:
+    with connection(writer_connect(stack), "test-maintenance") as conn:
         request = request_lake_maintenance(conn, schema, "mine", date(2026, 1, 1), 168, "test")
         other = request_lake_maintenance(conn, schema, "someone-else", date(2026, 1, 1), 168, "test")
         maintenance = LakeMaintenance(writer_connect(stack), schema, "mine", {}, poll_seconds=10, max_attempts=2)
@@ -122,5 +148,3 @@ def test_a_maintenance_request_that_kills_the_driver_fails_after_its_attempts(st
             cur.execute(f"select maintenance_failed_7_days, maintenance_last_error "
                         f"from {marts_schema_of(schema)}.pipeline_health")
             assert cur.fetchone() == (1, error)
-    finally:
-        conn.close()

@@ -11,16 +11,14 @@ from decimal import Decimal
 import pytest
 
 from jobs.aggregates import hour_window, parse_instant
-from jobs.transform import (
-    Thresholds,
+from jobs.hourly import (
     bronze_as_kafka,
     hourly_city_aggregates,
     hourly_readings,
     hourly_sensor_aggregates,
-    parse,
-    validate,
     with_anomalies,
 )
+from jobs.transform import Thresholds, parse, validate
 from producer.serialization import serialize
 
 H = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

@@ -3,7 +3,7 @@ running stack. The always-running task's log is one of them."""
 
 from __future__ import annotations
 
-from jobs.stream import BatchLog
+from jobs.micro_batch import BatchLog
 
 
 class Clock:

@@ -11,9 +11,10 @@ import pytest
 
 from common.contract import FIELD_NAMES, MAX_PAYLOAD_BYTES
 from common.env import Env
+from jobs.micro_batch import rule_failure_counts
 from jobs.rules import RULE_NAMES, RULES
 from jobs.schema import TYPED_SCHEMA_DDL, typed_schema
-from jobs.transform import Thresholds, curated, parse, quarantine, rule_failure_counts, to_bronze, validate
+from jobs.transform import Thresholds, curated, parse, quarantine, to_bronze, validate
 from producer.bad_events import BAD_CATEGORIES, make_bad_event
 from producer.serialization import serialize
 from producer.simulation import Fleet, format_event_time
@@ -274,7 +275,7 @@ def test_a_micro_batch_compiles_no_new_code_after_the_first(spark):
     # A literal that changes per batch (current_timestamp() is one) is written into the
     # generated Java source: every batch then paid Janino compilations and JIT work on new
     # classes, a fifth of the stream's CPU. The second batch must reuse the first one's code.
-    from jobs.sinks import curated_csv_column
+    from jobs.micro_batch import curated_csv_column
 
     compilations = spark.sparkContext._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
 
@@ -301,7 +302,7 @@ def test_a_micro_batch_builds_its_plans_with_few_calls_to_the_jvm(spark, monkeyp
 
     import py4j.clientserver
 
-    from jobs.sinks import batch_summary_columns
+    from jobs.micro_batch import batch_summary_columns
 
     def plans(batch) -> None:
         checked = validate(parse(batch))
@@ -336,15 +337,18 @@ def test_event_time_is_formatted_like_the_contract():
 
 
 def test_summarize_counts_rules_offsets_and_valid_rows():
-    from jobs.transform import summarize
+    from pyspark.sql import Row
 
-    rows = [(0, 10, [], "a"), (0, 11, ["json_object"], None), (1, 5, ["known_city", "field_types"], None),
-            (1, 7, [], "b"), (0, 9, [], "c")]
-    stats, valid = summarize(rows)
-    assert (stats.rows, stats.quarantined) == (5, 2)
-    assert stats.next_offsets == {0: 12, 1: 8}
-    assert {k: v for k, v in stats.rule_failures.items() if v} == {"json_object": 1, "known_city": 1, "field_types": 1}
-    assert [r[3] for r in valid] == ["a", "b", "c"]
+    from jobs.micro_batch import summarize
+
+    record = Row("partition", "offset", "failed_rules", "curated_csv")
+    rows = [record(0, 10, [], "a"), record(0, 11, ["json_object"], None),
+            record(1, 5, ["known_city", "field_types"], None), record(1, 7, [], "b"), record(0, 9, [], "c")]
+    batch = summarize(rows)
+    assert (batch.rows_in, batch.quarantined, batch.valid) == (5, 2, 3)
+    assert batch.next_offsets == {0: 12, 1: 8}
+    assert {k: v for k, v in batch.rule_failures.items() if v} == {"json_object": 1, "known_city": 1, "field_types": 1}
+    assert batch.curated_csv == ["a", "b", "c"]
 
 
 def test_delta_commit_marker_names_query_and_batch():

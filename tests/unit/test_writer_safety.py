@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from common.env import Env
+from common.pipeline import NAME_OPTIONS, PipelineNames
 from jobs.aggregates import AggregateSettings, check_within_retention
 from jobs.maintenance import normalise_location, writer_resources
-from jobs.stream import NAME_OPTIONS, own_names
 from jobs.transform import Thresholds
 from stack.settings import (
     GENERATED_SECRETS,
@@ -78,10 +79,29 @@ ALL_NAMES = {"topic": "t", "checkpoint": "s3a://b/c", "bronze_path": "s3a://b/br
              "pg_schema": "s", "query_name": "q"}
 
 
+PIPELINE = PipelineNames(topic="iot.sensor-readings", checkpoint="s3a://lakehouse/checkpoints/sensor_readings",
+                         bronze_path="s3a://lakehouse/bronze/sensor_readings",
+                         quarantine_path="s3a://lakehouse/quarantine/sensor_readings", pg_schema="iot",
+                         query_name="sensor_readings")
+
+
+def test_the_pipeline_s_names_come_from_the_environment_once():
+    assert PipelineNames.from_env(Env({})) == PIPELINE
+    env = Env({"LAKEHOUSE_BUCKET": "lh", "KAFKA_TOPIC": "t1", "PIPELINE_SCHEMA": "s1", "BRONZE_PATH": "s3a://x/b"})
+    assert PipelineNames.from_env(env) == PipelineNames(
+        topic="t1", checkpoint="s3a://lh/checkpoints/sensor_readings", bronze_path="s3a://x/b",
+        quarantine_path="s3a://lh/quarantine/sensor_readings", pg_schema="s1", query_name="sensor_readings")
+
+
 def test_no_names_is_the_pipeline_and_all_names_are_a_stream_of_ones_own():
-    assert own_names(dict.fromkeys(ALL_NAMES)) == {}
-    assert own_names(dict.fromkeys(ALL_NAMES, "")) == {}  # Airflow passes unset params as ""
-    assert own_names({**ALL_NAMES, "trigger_seconds": 5.0}) == ALL_NAMES
+    assert PIPELINE.own(dict.fromkeys(ALL_NAMES)) == PIPELINE
+    assert PIPELINE.own(dict.fromkeys(ALL_NAMES, "")) == PIPELINE  # Airflow passes unset params as ""
+    assert PIPELINE.own({**ALL_NAMES, "trigger_seconds": 5.0}) == PipelineNames(**ALL_NAMES)
+
+
+def test_a_dag_run_s_params_override_the_names_they_give():
+    params = {"topic": "t", "pg_schema": " ", "query_name": "", "recompute": "all"}
+    assert PIPELINE.with_params(params) == PipelineNames(**{**PIPELINE.__dict__, "topic": "t"})
 
 
 @pytest.mark.parametrize("given", [["bronze_path"], ["checkpoint"], ["topic", "pg_schema", "query_name"],
@@ -89,7 +109,7 @@ def test_no_names_is_the_pipeline_and_all_names_are_a_stream_of_ones_own():
 def test_some_names_and_not_others_are_refused_naming_the_missing_ones(given):
     values = {k: (ALL_NAMES[k] if k in given else " ") for k in ALL_NAMES}
     with pytest.raises(ValueError, match="all or nothing") as raised:
-        own_names(values)
+        PIPELINE.own(values)
     message = str(raised.value)
     for key, option in NAME_OPTIONS.items():
         assert (option in message.split("but not")[1].split(".")[0]) == (key not in given), (option, message)
