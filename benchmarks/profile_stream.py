@@ -42,8 +42,8 @@ import psutil
 
 from benchmarks.soak import Probe, duration, pipeline_drivers
 from common.env import Env
+from common.probes import NotReady, wait_for
 from stack.init import mc_root_env
-from stack.probes import NotReady, wait_for
 from stack.settings import ENV_FILE, load_settings
 
 LAMBDA = re.compile(r"\$+Lambda.*$")

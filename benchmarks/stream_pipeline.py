@@ -31,7 +31,7 @@ from producer.simulation import Fleet
 from producer.sinks import KafkaSink
 from producer.stream import EventStream
 from stack.settings import load_settings
-from tests.integration.pipeline_kit import Pipeline
+from testkit.pipeline import Pipeline
 
 
 def produce(settings, topic: str, rate: float, count: int, seed: int) -> int:

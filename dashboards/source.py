@@ -41,7 +41,7 @@ class Provisioning:
 
 def wait_until_healthy(tool: str, url: str, probe, timeout: float) -> None:
     """Poll `probe` with the stack's deadline-bounded wait; raise TimeoutError naming the tool."""
-    from stack.probes import NotReady, wait_for
+    from common.probes import NotReady, wait_for
 
     try:
         wait_for(f"{tool} at {url}", probe, timeout)

@@ -88,7 +88,7 @@ class Client:
 
 
 def wait_until_healthy(url: str, timeout: float) -> None:
-    from stack.probes import http_ok
+    from common.probes import http_ok
 
     source.wait_until_healthy("Superset", url, lambda: http_ok(url.rstrip("/") + "/health"), timeout)
 

@@ -110,7 +110,7 @@ class GracefulSparkSubmitOperator(SparkSubmitOperator):
         priority = popen_priority(batch_niceness(env)) if self.batch else {}
         if self.stream:
             from common.env import Env
-            from jobs.spark_conf import stream_driver_java_options
+            from common.jvm import stream_driver_java_options
 
             hook._conf = {**hook._conf, "spark.driver.extraJavaOptions": stream_driver_java_options(Env())}
         hook.submit(self.application, start_new_session=True, env=env, **priority)

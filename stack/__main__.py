@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from common.env import ConfigError, Env, MissingSetting
+from common.probes import NotReady
 from stack import install, manager
-from stack.probes import NotReady
 from stack.settings import ENV_FILE, SecretLost, ensure_env_file, load_settings
 
 log = logging.getLogger("stackctl")

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stack.probes import wait_for
+from common.probes import wait_for
 from stack.service_user import ServiceUser, ensure_service_user, share_tree
 from stack.settings import StackSettings
 

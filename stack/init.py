@@ -150,35 +150,6 @@ def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema
     return [p.name for p in files]
 
 
-def marts_schema_of(schema: str) -> str:
-    """Return the name of the marts schema that goes with a test's pipeline schema."""
-    return f"{schema}_marts"
-
-
-def create_pipeline_schema(s: StackSettings, schema: str, marts: bool = False) -> None:
-    """Create `schema` owned by the writer with the pipeline's tables (for tests); with
-    `marts`, also the marts views over them in `marts_schema_of(schema)`."""
-    from psycopg2 import sql
-
-    with _connection(s, s.pg_db) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("create schema if not exists {} authorization {}").format(
-            sql.Identifier(schema), sql.Identifier(s.pg_writer)))
-    apply_sql(s, [s.repo / "sql" / name for name in PIPELINE_TABLES_SQL], pipeline_schema=schema)
-    if marts:
-        apply_sql(s, [s.repo / "sql" / MARTS_SQL], pipeline_schema=schema, marts_schema=marts_schema_of(schema))
-
-
-def drop_pipeline_schema(s: StackSettings, schema: str) -> None:
-    """Drop a schema made by create_pipeline_schema, with everything in it."""
-    from psycopg2 import sql
-
-    if schema == DEFAULT_SCHEMA:
-        raise ValueError("refusing to drop the pipeline's own schema")
-    with _connection(s, s.pg_db) as conn, conn.cursor() as cur:
-        for name in (marts_schema_of(schema), schema):
-            cur.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(name)))
-
-
 # ---- Kafka ---------------------------------------------------------------------------------
 
 def format_kafka_storage(s: StackSettings, java: str) -> bool:

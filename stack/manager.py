@@ -11,9 +11,9 @@ from pathlib import Path
 
 import psutil
 
+from common.probes import NotReady, airflow_health, http_ok, port_open, wait_for
 from stack import deploy, init, install
 from stack.airflow_api import STREAM_DAGS, AirflowApi, AirflowApiError
-from stack.probes import NotReady, airflow_health, http_ok, port_open, wait_for
 from stack.services import (
     AIRFLOW_PROGRAMS,
     DASHBOARD_PROGRAMS,

@@ -28,7 +28,7 @@ def stack() -> StackSettings:
 @pytest.fixture
 def pipeline(stack):
     """A pipeline of the test's own (topic, PostgreSQL schema, S3 prefix), removed after it."""
-    from tests.integration.pipeline_kit import Pipeline
+    from testkit.pipeline import Pipeline
 
     p = Pipeline(stack).create()
     yield p

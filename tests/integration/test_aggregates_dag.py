@@ -14,7 +14,7 @@ import pytest
 
 from producer.simulation import Fleet
 from producer.stream import VALID, EventStream
-from tests.integration.pipeline_kit import Pipeline, send_stamped
+from testkit.pipeline import Pipeline, send_stamped
 
 pytestmark = pytest.mark.integration
 

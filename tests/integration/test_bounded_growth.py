@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.sinks import DeltaSink
-from tests.integration.pipeline_kit import S3Trace
+from testkit.pipeline import S3Trace
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from py4j.protocol import Py4JJavaError
 
-from tests.integration.pipeline_kit import S3Trace
+from testkit.pipeline import S3Trace
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from common.contract import CITY_NAMES
+from common.probes import wait_for
 from dashboards.spec import load
-from stack.probes import wait_for
 from stack.services import superset_dashboard_url
 
 pytestmark = pytest.mark.integration

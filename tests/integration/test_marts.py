@@ -13,7 +13,7 @@ import pytest
 from psycopg2 import errors, sql
 
 from common.postgres import open_connection
-from stack.init import create_pipeline_schema, drop_pipeline_schema, marts_schema_of
+from testkit.schemas import create_pipeline_schema, drop_pipeline_schema, marts_schema_of
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from stack.probes import wait_for
-from tests.integration.pipeline_kit import producer_env
+from common.probes import wait_for
+from testkit.pipeline import producer_env
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from common.probes import wait_for
 from producer.serialization import serialize
 from producer.simulation import format_event_time
-from stack.probes import wait_for
-from tests.integration.pipeline_kit import Pipeline, expected_from_seed, send_stamped, start_producer
+from testkit.pipeline import Pipeline, expected_from_seed, send_stamped, start_producer
 
 pytestmark = pytest.mark.integration
 

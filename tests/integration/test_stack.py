@@ -23,8 +23,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
 from common.postgres import open_connection
+from common.probes import airflow_health, wait_for
 from stack.manager import Supervisor, stream_driver_processes
-from stack.probes import airflow_health, wait_for
 from stack.services import AIRFLOW_PROGRAMS
 from tests.integration.airflow_kit import airflow_environment
 

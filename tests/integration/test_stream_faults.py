@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from common.probes import http_ok, wait_for
 from jobs.scratch import driver_folder_name
 from stack import manager
 from stack.init import kafka_ready, pg_ready
-from stack.probes import http_ok, wait_for
-from tests.integration.pipeline_kit import (
+from testkit.pipeline import (
     Pipeline,
     assert_landed_exactly,
     producer_summary,

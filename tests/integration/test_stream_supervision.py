@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from common.probes import wait_for
 from stack.manager import airflow_api
-from stack.probes import wait_for
-from tests.integration.pipeline_kit import (
+from testkit.pipeline import (
     Pipeline,
     assert_landed_exactly,
     expected_from_seed,
@@ -162,9 +162,9 @@ def test_postgres_stopped_30_s_under_the_airflow_supervised_stream(stack, lake, 
     """PostgreSQL holds the curated rows and Airflow's metadata: both go away for 30 s while the
     Airflow-supervised stream runs and the producer sends. Airflow brings the stream back by
     itself, and every acknowledged record lands exactly once."""
+    from common.probes import airflow_health, port_open
     from stack import manager
     from stack.init import pg_ready
-    from stack.probes import airflow_health, port_open
 
     p = pipeline
     api = airflow_api(stack)

@@ -15,8 +15,8 @@ import pytest
 from common.postgres import committed_end_offsets, connection
 from jobs.maintenance import LakeMaintenance, WriterLock, writer_resources
 from orchestration.retention import lake_maintenance_outcome, request_lake_maintenance
-from stack.init import create_pipeline_schema, drop_pipeline_schema, marts_schema_of
-from tests.integration.pipeline_kit import Pipeline
+from testkit.pipeline import Pipeline
+from testkit.schemas import create_pipeline_schema, drop_pipeline_schema, marts_schema_of
 
 pytestmark = pytest.mark.integration
 

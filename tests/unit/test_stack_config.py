@@ -176,7 +176,7 @@ def test_jars_go_on_the_classpath_not_copied_per_driver(tmp_path):
 
 
 def test_the_stream_driver_keeps_the_jit_at_c1_and_the_batch_jobs_do_not(tmp_path):
-    from jobs.spark_conf import stream_driver_java_options
+    from common.jvm import stream_driver_java_options
 
     jars = fake_jars(tmp_path / "jars", "delta-spark_4.2_2.13-4.4.0.jar")
     conf = lakehouse_spark_conf(Env({"SPARK_JARS_DIR": str(jars)}), include_secrets=False)

@@ -22,13 +22,14 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from common.env import Env
+from common.jvm import stream_driver_java_options
 from common.postgres import open_connection
-from jobs.spark_conf import stream_driver_java_options
 from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import AnomalyRates, Fleet
 from producer.stream import VALID, EventStream
-from stack.init import create_pipeline_schema, drop_pipeline_schema, mc_root_env
+from stack.init import mc_root_env
 from stack.settings import StackSettings
+from testkit.schemas import create_pipeline_schema, drop_pipeline_schema
 
 REPO = Path(__file__).resolve().parents[2]
 
