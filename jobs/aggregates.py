@@ -385,17 +385,8 @@ def parse_instant(text: str) -> datetime:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, compute the window's aggregates, replace them in PostgreSQL."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    # `stackctl spark-submit` hands its children SIGINT and SIGTERM ignored (see stack/bin/stackctl);
-    # a batch job is idempotent and may simply die on them.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    env = Env()
-    pipeline = PipelineNames.from_env(env)
+def build_parser(env: Env, pipeline: PipelineNames) -> argparse.ArgumentParser:
+    """The job's command line; defaults from the environment, names from `pipeline`."""
     parser = argparse.ArgumentParser(
         prog="spark-submit jobs/aggregates.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -420,7 +411,12 @@ def main(argv: list[str] | None = None) -> int:
                              "recorded so that later runs skip them until new records reach them. Without it "
                              "they are computed again next time")
     parser.add_argument("--master", default=None, help="Spark master when run with plain python")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, env: Env,
+                       pipeline: PipelineNames) -> AggregateSettings:
+    """The run's settings; a bad argument exits 2 through `parser`, naming it."""
     if args.complete_before is not None and args.complete_before > datetime.now(UTC):
         parser.error(f"--complete-before: {args.complete_before.isoformat()} is in the future: records stamped "
                      "before it may not have reached bronze yet")
@@ -447,27 +443,49 @@ def main(argv: list[str] | None = None) -> int:
         check_within_retention(settings, datetime.now(UTC))
     except ValueError as exc:
         parser.error(f"--start: {exc}")
+    return settings
+
+
+def run(spark: SparkSession, settings: AggregateSettings) -> int:
+    """Compute the hours that need it and replace them; return the exit status."""
+    t0 = time.monotonic()
+    log.info("aggregating hours %s .. %s from %s (recompute %s)", settings.start.isoformat(),
+             settings.end.isoformat(), settings.bronze_path, "all" if settings.recompute_all else "changed")
+    try:
+        computed = compute(spark, settings, stored_states(settings))
+    except NothingToAggregate as exc:
+        log.error("%s", exc)
+        return 1
+    replace_window(settings, computed)
+    skipped = [h for h in settings.hours if h not in computed.hours]
+    log.info("replaced %d of the window's %d hours in %s (%s): %d city rows, %d sensor rows from %d bronze rows "
+             "in %.1fs; %s", len(computed.hours), len(settings.hours), settings.pg_schema,
+             ", ".join(h.strftime("%Y-%m-%dT%H") for h in computed.hours) or "none",
+             len(computed.city), len(computed.sensor), computed.bronze_rows, time.monotonic() - t0,
+             f"unchanged since computed: {', '.join(h.strftime('%Y-%m-%dT%H') for h in skipped)}" if skipped
+             else "none skipped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, compute the window's aggregates, replace them in PostgreSQL."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    # `stackctl spark-submit` hands its children SIGINT and SIGTERM ignored (see stack/bin/stackctl);
+    # a batch job is idempotent and may simply die on them.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    env = Env()
+    pipeline = PipelineNames.from_env(env)
+    parser = build_parser(env, pipeline)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(parser, args, env, pipeline)
     from jobs.session import build_spark
 
     spark = build_spark("iot-aggregates", env, master=args.master)
     try:
-        t0 = time.monotonic()
-        log.info("aggregating hours %s .. %s from %s (recompute %s)", settings.start.isoformat(),
-                 settings.end.isoformat(), settings.bronze_path, args.recompute)
-        try:
-            computed = compute(spark, settings, stored_states(settings))
-        except NothingToAggregate as exc:
-            log.error("%s", exc)
-            return 1
-        replace_window(settings, computed)
-        skipped = [h for h in settings.hours if h not in computed.hours]
-        log.info("replaced %d of the window's %d hours in %s (%s): %d city rows, %d sensor rows from %d bronze rows "
-                 "in %.1fs; %s", len(computed.hours), len(settings.hours), settings.pg_schema,
-                 ", ".join(h.strftime("%Y-%m-%dT%H") for h in computed.hours) or "none",
-                 len(computed.city), len(computed.sensor), computed.bronze_rows, time.monotonic() - t0,
-                 f"unchanged since computed: {', '.join(h.strftime('%Y-%m-%dT%H') for h in skipped)}" if skipped
-                 else "none skipped")
-        return 0
+        return run(spark, settings)
     finally:
         spark.stop()
 

@@ -250,17 +250,8 @@ def _run_locked(spark: SparkSession, settings: StreamSettings, trigger: dict, st
         processor.postgres.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, build the SparkSession, run the stream; return the exit status."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    # kafka-python warns "Exchanging credentials in the clear" for every SASL login; SCRAM never
-    # sends the password, only a proof of it
-    logging.getLogger("kafka.net.sasl").setLevel(logging.ERROR)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    env = Env()
-    settings = StreamSettings.from_env(env)  # the pipeline's own stream, which the options override
+def build_parser(settings: StreamSettings) -> argparse.ArgumentParser:
+    """The job's command line; the pipeline's own settings are the defaults it shows."""
     pipeline = settings.names
     parser = argparse.ArgumentParser(
         prog="spark-submit jobs/stream.py", description=__doc__.split("\n\n")[0],
@@ -283,17 +274,39 @@ def main(argv: list[str] | None = None) -> int:
                                            f"(pipeline's: {pipeline.pg_schema})")
     names.add_argument("--query-name", help=f"streaming query name (pipeline's: {pipeline.query_name})")
     parser.add_argument("--master", default=None, help="Spark master when run with plain python (spark-submit sets it)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       settings: StreamSettings) -> StreamSettings:
+    """`settings` with the command line's; a bad argument exits 2 through `parser`, naming it."""
     if args.trigger_seconds <= 0:
         parser.error("--trigger-seconds must be > 0")
     if args.max_offsets_per_trigger < 1:
         parser.error("--max-offsets-per-trigger must be >= 1")
     try:
-        settings = replace(settings, names=pipeline.own(vars(args)), trigger_seconds=args.trigger_seconds,
+        settings = replace(settings, names=settings.names.own(vars(args)), trigger_seconds=args.trigger_seconds,
                            max_offsets_per_trigger=args.max_offsets_per_trigger)
         stream_resources(settings)  # refuses overlapping locations before Spark starts
     except ValueError as exc:
         parser.error(str(exc))
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, build the SparkSession, run the stream; return the exit status."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python warns "Exchanging credentials in the clear" for every SASL login; SCRAM never
+    # sends the password, only a proof of it
+    logging.getLogger("kafka.net.sasl").setLevel(logging.ERROR)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    env = Env()
+    settings = StreamSettings.from_env(env)  # the pipeline's own stream, which the options override
+    parser = build_parser(settings)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(parser, args, settings)
 
     from jobs.session import build_spark
 

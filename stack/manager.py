@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 import xmlrpc.client
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -148,86 +149,129 @@ def _probe(sup: Supervisor, name: str, probe, timeout_s: float) -> float:
         raise NotReady(str(exc)) from None
 
 
-def up(s: StackSettings) -> dict[str, float]:
-    """Install what is missing, start every service, initialise it; return phase timings."""
-    timings: dict[str, float] = {}
-    t0 = time.monotonic()
-    java = install.check_java()
-    pg_bindir = install.postgres_bindir()
+@dataclass
+class _Up:
+    """What `up`'s phases hand on to each other."""
+
+    java: str = ""
+    pg_bindir: Path | None = None
+    sup: Supervisor | None = None
+
+
+def _install(s: StackSettings, up: _Up) -> dict[str, float]:
+    """The venvs, jars, Go binaries and the project's jar; as root, the service user's layout."""
+    up.java = install.check_java()
+    up.pg_bindir = install.postgres_bindir()
     installed = install.build_superset_venv(s)
     installed |= install.fetch_jars(s) | install.build_go_binaries(s)
-    installed |= install.build_project_jar(s, java)
+    installed |= install.build_project_jar(s, up.java)
     if s.service_user:
         # as root, the services run as an unprivileged user (stack/deploy.py)
         user = deploy.prepare(s)
         deploy.share_cache(s, user, force=installed)
-    timings["install"] = time.monotonic() - t0
+    return {}
 
+
+def _configure(s: StackSettings, up: _Up) -> dict[str, float]:
+    """Configs, first-start initialisation, and supervisord running with them."""
     # from here on the stack's data is made with .env's secrets: a later `.env` that lacks one
     # is refused instead of given a new value (stack/settings.py, ensure_env_file)
     record_secrets_in_use(s.home, set(GENERATED_SECRETS))
-    render_all(s, java, pg_bindir)
+    render_all(s, up.java, up.pg_bindir)
     if swept := sweep_scratch(s):
         log.info("removed %d temporary files and folders that Spark drivers that are gone left behind", swept)
-    init.init_postgres_cluster(s, pg_bindir)
-    init.format_kafka_storage(s, java)
-
-    sup = Supervisor(s)
-    if sup.running():
-        sup.reload_config()
-        _check_ports(s, sup)
+    init.init_postgres_cluster(s, up.pg_bindir)
+    init.format_kafka_storage(s, up.java)
+    up.sup = Supervisor(s)
+    if up.sup.running():
+        up.sup.reload_config()
+        _check_ports(s, up.sup)
     else:
         _check_ports(s, None)
-        sup.start_daemon()
+        up.sup.start_daemon()
+    return {}
 
-    t1 = time.monotonic()
+
+def _start_infra(s: StackSettings, up: _Up) -> dict[str, float]:
+    """PostgreSQL, Kafka and MinIO, each probed until ready."""
     for name in INFRA_PROGRAMS:
-        sup.start(name)
-    timings["postgres"] = _probe(sup, "postgres", lambda: init.pg_ready(s), 60)
-    timings["kafka"] = _probe(sup, "kafka", lambda: init.kafka_ready(s), 90)
-    timings["minio"] = _probe(
-        sup, "minio", lambda: http_ok(f"http://127.0.0.1:{s.minio_port}/minio/health/ready"), 60)
-    timings["infra_start"] = time.monotonic() - t1
+        up.sup.start(name)
+    return {"postgres": _probe(up.sup, "postgres", lambda: init.pg_ready(s), 60),
+            "kafka": _probe(up.sup, "kafka", lambda: init.kafka_ready(s), 90),
+            "minio": _probe(up.sup, "minio",
+                            lambda: http_ok(f"http://127.0.0.1:{s.minio_port}/minio/health/ready"), 60)}
 
-    t2 = time.monotonic()
+
+def _init_services(s: StackSettings, up: _Up) -> dict[str, float]:
+    """Roles, databases and sql/; Kafka's users, ACLs and topic; the bucket and its key; Airflow's DB."""
     init.init_postgres(s)
     init.init_kafka(s)
     init.init_minio(s)
     init.migrate_airflow(s)
-    timings["init"] = time.monotonic() - t2
+    return {}
 
-    t3 = time.monotonic()
+
+def _start_airflow(s: StackSettings, up: _Up) -> dict[str, float]:
+    """Airflow's programs, probed through the api-server's health of each."""
     for name in AIRFLOW_PROGRAMS:
-        sup.start(name)
+        up.sup.start(name)
     base = f"http://127.0.0.1:{s.airflow_port}"
 
     def airflow_healthy() -> bool:
         for name in AIRFLOW_PROGRAMS:
-            sup.alive_or_raise(name)
+            up.sup.alive_or_raise(name)
         health = airflow_health(base)
         return all(health.get(c) == "healthy" for c in ("metadatabase", "scheduler", "dag_processor",
                                                           "triggerer"))
 
-    timings["airflow"] = wait_for("Airflow (api-server health of scheduler, dag-processor, triggerer)",
-                                  airflow_healthy, 180,
-                                  on_fail=lambda: "\n".join(sup.tail(n, 10) for n in AIRFLOW_PROGRAMS))
-    timings["airflow_start"] = time.monotonic() - t3
+    return {"airflow": wait_for("Airflow (api-server health of scheduler, dag-processor, triggerer)",
+                                airflow_healthy, 180,
+                                on_fail=lambda: "\n".join(up.sup.tail(n, 10) for n in AIRFLOW_PROGRAMS))}
 
+
+def _start_pipeline(s: StackSettings, up: _Up) -> dict[str, float]:
+    """The producer, then the DAGs unpaused (the stream, aggregates and retention run under Airflow)."""
     for name in PIPELINE_PROGRAMS:
-        sup.start(name)
-    _probe(sup, "producer", lambda: sup.info("producer")["statename"] == "RUNNING", 30)
-    if s.unpause_dags:
-        t4 = time.monotonic()
-        unpause_dags(s)
-        timings["dags"] = time.monotonic() - t4
+        up.sup.start(name)
+    _probe(up.sup, "producer", lambda: up.sup.info("producer")["statename"] == "RUNNING", 30)
+    if not s.unpause_dags:
+        return {}
+    t = time.monotonic()
+    unpause_dags(s)
+    return {"dags": time.monotonic() - t}
 
-    t5 = time.monotonic()
+
+def _start_dashboard(s: StackSettings, up: _Up) -> dict[str, float]:
+    """Superset: initialised, started, probed, and the dashboard provisioned."""
     init.init_superset(s)
     for name in DASHBOARD_PROGRAMS:
-        sup.start(name)
-    _probe(sup, "superset", lambda: http_ok(f"http://127.0.0.1:{s.superset_port}/health"), 120)
+        up.sup.start(name)
+    _probe(up.sup, "superset", lambda: http_ok(f"http://127.0.0.1:{s.superset_port}/health"), 120)
     log.info("%s", init.provision_superset(s))
-    timings["superset"] = time.monotonic() - t5
+    return {}
+
+
+# `make up`, in order: (name of its timing, phase). Each phase may add timings of its own.
+UP_PHASES = (
+    ("install", _install),
+    ("configure", _configure),
+    ("infra_start", _start_infra),
+    ("init", _init_services),
+    ("airflow_start", _start_airflow),
+    ("pipeline", _start_pipeline),
+    ("superset", _start_dashboard),
+)
+
+
+def up(s: StackSettings) -> dict[str, float]:
+    """Install what is missing, start every service, initialise it; return phase timings."""
+    timings: dict[str, float] = {}
+    state = _Up()
+    t0 = time.monotonic()
+    for name, phase in UP_PHASES:
+        t = time.monotonic()
+        timings.update(phase(s, state))
+        timings[name] = time.monotonic() - t
     # again, now that every program runs with umask 077: programs of an older stack wrote
     # files until `make up` restarted them
     if changed := make_home_private(s):
