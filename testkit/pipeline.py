@@ -21,7 +21,7 @@ from botocore.client import Config
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from common.env import Env
+from common.env import REPO_ROOT, Env
 from common.jvm import stream_driver_java_options
 from common.postgres import open_connection
 from producer.bad_events import BAD_CATEGORIES
@@ -31,7 +31,7 @@ from stack.init import mc_root_env
 from stack.settings import StackSettings
 from testkit.schemas import create_pipeline_schema, drop_pipeline_schema
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 
 
 @dataclass
