@@ -5,7 +5,7 @@ STACKCTL := stack/bin/stackctl
 PY := $(STACKCTL) python
 
 .DEFAULT_GOAL := help
-.PHONY: help env up down status clean test test-unit test-integration lint lock sql
+.PHONY: help env up down status clean test test-fast test-unit test-integration lint lock sql
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -31,10 +31,14 @@ sql:  ## apply sql/*.sql again (idempotent)
 test:  ## the whole suite: unit tier first, then the tiers that share the running stack
 	@# two processes: each tier builds its own SparkSession (the unit one has no jars)
 	$(PY) -m pytest tests/unit
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest --durations=10 tests/integration
 
 test-unit:  ## the fast tier only (no services)
 	$(PY) -m pytest tests/unit
+
+test-fast:  ## the inner loop: the unit tier, then the stream's end-to-end test in local mode (the stack started if down)
+	$(PY) -m pytest tests/unit
+	$(PY) -m pytest "tests/integration/test_stream.py::test_end_to_end_then_replay_with_new_offsets[local]"
 
 test-integration:  ## the tiers that need the running stack (started if down)
 	$(PY) -m pytest tests/integration
