@@ -53,10 +53,18 @@ def produce(settings, topic: str, rate: float, count: int, seed: int) -> int:
 
 
 def sink_comparison(p: Pipeline, rows: int, batch_sizes: tuple[int, ...] = (1000, 10_000, 100_000)) -> None:
-    """Ours vs the demo's sink on the same curated rows, per micro-batch, in one run."""
+    """Ours vs a plain Spark JDBC append on the same curated rows, per micro-batch, in one run."""
+    from pyspark.sql import functions as F
+
+    from jobs.micro_batch import CSV_OPTIONS
     from jobs.session import build_spark, jdbc_options
-    from jobs.sinks import PostgresSink, curated_csv_lines
-    from jobs.transform import Thresholds, curated, parse, validate
+    from jobs.sinks import PostgresSink
+    from jobs.transform import CURATED_COLUMNS, Thresholds, curated, parse, validate
+
+    def curated_csv_lines(curated_rows) -> list[str]:
+        """Curated rows as the CSV lines our sink copies (built on the executors)."""
+        line = F.to_csv(F.struct(*CURATED_COLUMNS), CSV_OPTIONS)
+        return [row[0] for row in curated_rows.select(line).collect()]
 
     spark = build_spark("bench-sinks", Env(), master="local[2]")
     spark.sparkContext.setLogLevel("ERROR")

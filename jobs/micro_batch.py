@@ -93,11 +93,6 @@ def summarize(rows: Iterable, with_lines: bool = True) -> BatchRows:
     return BatchRows(rows_in, quarantined, failures, next_offsets, lines)
 
 
-def rule_failure_counts(checked: DataFrame) -> dict[str, int]:
-    """Return, for every rule, how many records failed it."""
-    return summarize(checked.select("partition", "offset", "failed_rules").collect(), with_lines=False).rule_failures
-
-
 @dataclass(frozen=True)
 class BatchHealth:
     """What a micro-batch reports in its health row (stream_health), written with its rows."""

@@ -13,9 +13,3 @@ RAW_SCHEMA_DDL = ", ".join([*(f"{f.name} string" for f in EVENT_FIELDS), f"{CORR
 # The contract's types: a field whose JSON type is wrong parses to null (partial results).
 TYPED_SCHEMA_DDL = ", ".join(f"{f.name} {f.spark_type}" for f in EVENT_FIELDS)
 
-
-def typed_schema():
-    """Return the contract as a pyspark StructType (needs an active SparkSession)."""
-    from pyspark.sql.types import StructType
-
-    return StructType.fromDDL(TYPED_SCHEMA_DDL)

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from common.postgres import committed_end_offsets, in_schema, open_connection
-from jobs.micro_batch import CSV_OPTIONS, BatchHealth, BatchResult
+from jobs.micro_batch import BatchHealth, BatchResult
 from jobs.transform import CURATED_COLUMNS
 
 if TYPE_CHECKING:
@@ -104,14 +104,6 @@ class DeltaSink:
          .partitionBy(self.partition_by).save(self.path))
         self._last_batch[query_id] = batch_id
         return True
-
-
-def curated_csv_lines(curated_rows: DataFrame) -> list[str]:
-    """Return curated rows as CSV lines in CURATED_COLUMNS order (built on the executors)."""
-    from pyspark.sql import functions as F
-
-    line = F.to_csv(F.struct(*CURATED_COLUMNS), CSV_OPTIONS)
-    return [row[0] for row in curated_rows.select(line).collect()]
 
 
 class PostgresSink:

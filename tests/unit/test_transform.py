@@ -11,9 +11,9 @@ import pytest
 
 from common.contract import FIELD_NAMES, MAX_PAYLOAD_BYTES
 from common.env import Env
-from jobs.micro_batch import rule_failure_counts
+from jobs.micro_batch import summarize
 from jobs.rules import RULE_NAMES, RULES
-from jobs.schema import TYPED_SCHEMA_DDL, typed_schema
+from jobs.schema import TYPED_SCHEMA_DDL
 from jobs.transform import Thresholds, curated, parse, quarantine, to_bronze, validate
 from producer.bad_events import BAD_CATEGORIES, make_bad_event
 from producer.serialization import serialize
@@ -47,7 +47,9 @@ DROP = object()
 
 
 def test_the_spark_schema_is_the_contract(spark):
-    assert tuple(f.name for f in typed_schema().fields) == FIELD_NAMES
+    from pyspark.sql.types import StructType
+
+    assert tuple(f.name for f in StructType.fromDDL(TYPED_SCHEMA_DDL).fields) == FIELD_NAMES
     assert TYPED_SCHEMA_DDL.startswith("event_id string, sensor_id string, seq bigint")
 
 
@@ -324,6 +326,11 @@ def test_a_micro_batch_builds_its_plans_with_few_calls_to_the_jvm(spark, monkeyp
     plans(batch)
     monkeypatch.undo()
     assert len(calls) < 100, collections.Counter(f"{c[0]} {c[2]}" for c in calls).most_common(10)
+
+
+def rule_failure_counts(checked) -> dict[str, int]:
+    """For every rule, how many records failed it (the stream's summary, without the rows)."""
+    return summarize(checked.select("partition", "offset", "failed_rules").collect(), with_lines=False).rule_failures
 
 
 def test_rule_failure_counts(spark):
