@@ -127,7 +127,7 @@ def test_airflow_env_sizes_for_two_cores_and_takes_connections_from_env(settings
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
     assert json.loads(env["AIRFLOW_CONN_SPARK_LAKEHOUSE"]) == {"conn_type": "spark", "host": "local[2]"}
-    assert json.loads(env["AIRFLOW_CONN_SPARK_BATCH"]) == {"conn_type": "spark", "host": "local[1]"}
+    assert json.loads(env["AIRFLOW_CONN_SPARK_BATCH"]) == {"conn_type": "spark", "host": "local[2]"}
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
 
 
