@@ -183,7 +183,7 @@ class Probe:
         """Return (dag, start, end) of the batch DAGs' task instances that ended in [start, end)."""
         found = []
         for dag in BATCH_DAGS:
-            for ti in self.api.task_instances(dag, end_date_gte=start.isoformat(), end_date_lt=end.isoformat(),
+            for ti in self.api.task_instances(dag, end_date_gte=start, end_date_lt=end,
                                               limit=100):
                 if ti.get("start_date") and ti.get("end_date"):
                     found.append((f"{dag}.{ti['task_id']}", datetime.fromisoformat(ti["start_date"]),
