@@ -53,12 +53,17 @@ def connection(params: Mapping[str, Any], application_name: str, *,
         conn.close()
 
 
-def in_schema(schema: str, text: str):
-    """Return `text` as SQL with `{schema}` replaced by the quoted schema name (the only way a
-    schema's name goes into a statement: it is an identifier, never a parameter)."""
+def in_schema(schema: str, text: str, **identifiers: str | tuple[str, ...]):
+    """Return `text` as SQL with `{schema}` replaced by the quoted schema name, and each other
+    `{name}` by `identifiers[name]` quoted (a tuple: a comma-separated list). The only way a
+    schema's, table's or column's name goes into a statement: an identifier, never a parameter
+    nor pasted text."""
     from psycopg2 import sql
 
-    return sql.SQL(text).format(schema=sql.Identifier(schema))
+    def quoted(value: str | tuple[str, ...]):
+        return sql.SQL(", ").join(map(sql.Identifier, value)) if isinstance(value, tuple) else sql.Identifier(value)
+
+    return sql.SQL(text).format(schema=sql.Identifier(schema), **{k: quoted(v) for k, v in identifiers.items()})
 
 
 def committed_end_offsets(cur, schema: str, *, query_id: str | None = None, query_name: str | None = None,

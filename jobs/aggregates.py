@@ -351,8 +351,8 @@ def replace_window(settings: AggregateSettings, computed: Computed) -> None:
     and log the run, in one transaction."""
     import json
 
-    def q(text: str):
-        return in_schema(settings.pg_schema, text)
+    def q(text: str, **identifiers):
+        return in_schema(settings.pg_schema, text, **identifiers)
 
     with _connection(settings) as conn, conn.cursor() as cur:
         cur.execute("set local timezone = 'UTC'")
@@ -360,9 +360,10 @@ def replace_window(settings: AggregateSettings, computed: Computed) -> None:
         cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"iot-aggregates {settings.pg_schema}",))
         for table, rows, columns in (("sensor_readings_hourly_city", computed.city, CITY_AGGREGATE_COLUMNS),
                                      ("sensor_readings_hourly_sensor", computed.sensor, SENSOR_AGGREGATE_COLUMNS)):
-            cur.execute(q(f"delete from {{schema}}.{table} where hour_start_utc = any(%s)"), (computed.hours,))
-            cur.copy_expert(q(f"copy {{schema}}.{table} ({', '.join(columns)}) from stdin with (format csv)")
-                            .as_string(cur), _csv(rows, columns))
+            cur.execute(q("delete from {schema}.{table} where hour_start_utc = any(%s)", table=table),
+                        (computed.hours,))
+            cur.copy_expert(q("copy {schema}.{table} ({columns}) from stdin with (format csv)", table=table,
+                              columns=columns).as_string(cur), _csv(rows, columns))
         cur.execute(q("delete from {schema}.aggregate_hours where hour_start_utc = any(%s)"), (computed.forget,))
         cur.execute(q("insert into {schema}.aggregate_runs (window_start_utc, window_end_utc, bronze_rows_read, "
                       "city_rows, sensor_rows, hours_replaced) values (%s, %s, %s, %s, %s, %s) returning run_id"),

@@ -71,11 +71,11 @@ class BatchRows:
         return len(self.curated_csv)
 
 
-def summarize(rows: Iterable, with_lines: bool = True) -> BatchRows:
-    """Return the BatchRows of collected records: Rows with partition, offset, failed_rules
-    and, `with_lines`, curated_csv (`batch_summary_columns`). Done on the driver: a micro-batch
-    is bounded by maxOffsetsPerTrigger, and one collect beats an aggregation's shuffle by a
-    second per batch on small batches."""
+def summarize(rows: Iterable) -> BatchRows:
+    """Return the BatchRows of collected records: Rows of `batch_summary_columns` (partition,
+    offset, failed_rules, curated_csv). Done on the driver: a micro-batch is bounded by
+    maxOffsetsPerTrigger, and one collect beats an aggregation's shuffle by a second per batch
+    on small batches."""
     failures = dict.fromkeys(RULE_NAMES, 0)
     next_offsets: dict[int, int] = {}
     lines: list[str] = []
@@ -88,7 +88,7 @@ def summarize(rows: Iterable, with_lines: bool = True) -> BatchRows:
             quarantined += 1
             for name in row.failed_rules:
                 failures[name] += 1
-        elif with_lines:
+        else:
             lines.append(row.curated_csv)
     return BatchRows(rows_in, quarantined, failures, next_offsets, lines)
 

@@ -106,8 +106,8 @@ def prune_logs(root: Path, cutoff: datetime) -> tuple[int, int]:
 def delete_in_batches(conn, schema: str, table: str, time_column: str, cutoff: datetime, batch_rows: int) -> int:
     """Delete rows of `table` with `time_column` before `cutoff`, `batch_rows` per transaction
     (short locks, bounded WAL, progress in the log); return how many were deleted."""
-    statement = in_schema(schema, f"delete from {{schema}}.{table} where ctid = any(array(select ctid from "
-                                  f"{{schema}}.{table} where {time_column} < %s limit %s))")
+    statement = in_schema(schema, "delete from {schema}.{table} where ctid = any(array(select ctid from "
+                                  "{schema}.{table} where {column} < %s limit %s))", table=table, column=time_column)
     total, started = 0, time.monotonic()
     while True:
         with conn, conn.cursor() as cur:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -212,16 +213,16 @@ class Plan:
     def from_args(cls, args: argparse.Namespace) -> Plan:
         return cls(args.count, args.duration, args.rate, args.start_time)
 
-    @property
+    @functools.cached_property
     def bounded(self) -> bool:
         return self.count is not None or self.duration is not None
 
-    @property
+    @functools.cached_property
     def interval(self) -> float:
         """Seconds between two records; 0 = as fast as possible."""
         return 1.0 / self.rate if self.rate > 0 else 0.0
 
-    @property
+    @functools.cached_property
     def paced(self) -> bool:
         """Whether records are sent at --rate (simulated history is sent unpaced)."""
         return bool(self.interval) and self.start_time is None
