@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 
 import pytest
@@ -19,9 +21,13 @@ def stack() -> StackSettings:
     """Return the settings of a running stack, running `stackctl up` first if it is not up."""
     ensure_env_file()
     settings = load_settings()
-    states = {row["service"]: row["state"] for row in manager.status(settings)}
-    if any(states.get(name) != "RUNNING" for name in REQUIRED):
-        subprocess.run([str(REPO_ROOT / "stack" / "bin" / "stackctl"), "up"], check=True)
+    # under pytest-xdist each worker asks: the first brings the stack up, the others wait for it
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with os.fdopen(os.open(settings.home / "tests-up.lock", os.O_RDWR | os.O_CREAT, 0o600)) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        states = {row["service"]: row["state"] for row in manager.status(settings)}
+        if any(states.get(name) != "RUNNING" for name in REQUIRED):
+            subprocess.run([str(REPO_ROOT / "stack" / "bin" / "stackctl"), "up"], check=True)
     return settings
 
 
@@ -35,15 +41,37 @@ def pipeline(stack):
     p.destroy()
 
 
+@pytest.fixture
+def another_pipeline(stack):
+    """A second pipeline of the test's own, for a test that runs two streams at once."""
+    from testkit.pipeline import Pipeline
+
+    p = Pipeline(stack).create()
+    yield p
+    p.destroy()
+
+
 @pytest.fixture(scope="session")
 def env(stack) -> Env:
     """Return the configuration the stack runs with (.env plus the environment)."""
     return Env()
 
 
-def pytest_collection_modifyitems(items):
-    """Run the tests that restart the shared stack after every other test."""
-    items.sort(key=lambda item: item.get_closest_marker("restarts_stack") is not None)
+@pytest.hookimpl(trylast=True)  # after -m has deselected
+def pytest_collection_modifyitems(config, items):
+    """Run the tests that stop or restart a shared service after every other test, and never
+    beside another: a PostgreSQL or object store outage would fail whatever ran next to it."""
+    # and, beside it, the tests that run the stream (the long ones) first, so that under -n 2
+    # the short ones fill the gaps at the end instead of a long one running on its own there
+    items.sort(key=lambda item: (item.get_closest_marker("exclusive") is not None,
+                                 "pipeline" not in getattr(item, "fixturenames", ())))
+    workers = config.getoption("numprocesses", None)
+    exclusive = [item.nodeid for item in items if item.get_closest_marker("exclusive")]
+    if workers and exclusive:
+        raise pytest.UsageError(
+            f"{len(exclusive)} selected tests stop or restart a shared service and must run alone, not under "
+            f"-n {workers}: select them out with -m 'not exclusive' and run them in a pass of their own "
+            f"(`make test` does both), e.g. {exclusive[0]}")
 
 
 @pytest.fixture(scope="session")

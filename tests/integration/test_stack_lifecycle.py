@@ -16,7 +16,7 @@ from kafka.admin import NewTopic
 from common.postgres import connection
 from stack import manager
 
-pytestmark = [pytest.mark.integration, pytest.mark.restarts_stack]
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 
 def _stackctl(stack, *args: str) -> subprocess.CompletedProcess:

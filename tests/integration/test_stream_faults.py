@@ -1,13 +1,13 @@
-"""Faults: kill -9 of the driver while the producer runs, PostgreSQL stopped mid-stream, the
-object store stopped for 60 s mid-stream, the Kafka broker SIGKILLed three times while the
-producer sends. Nothing acknowledged may be lost or duplicated. Bounded in count and time;
+"""Faults: kill -9 of the driver while the producer runs, the object store stopped for 60 s
+mid-stream, the Kafka broker SIGKILLed three times while the producer sends (PostgreSQL stopped
+mid-stream: test_stream_supervision.py, where one outage serves a driver run by hand and an
+Airflow-supervised one). Nothing acknowledged may be lost or duplicated. Bounded in count and time;
 every target is on loopback."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import pytest
 from common.probes import http_ok, wait_for
 from jobs.scratch import driver_folder_name
 from stack import manager
-from stack.init import kafka_ready, pg_ready
+from stack.init import kafka_ready
 from testkit.pipeline import (
     Pipeline,
     assert_landed_exactly,
@@ -94,38 +94,6 @@ def spark_temp_entries(folder: Path) -> set[str]:
     return {p.name for pattern in SPARK_TEMP_PATTERNS for p in folder.glob(pattern)}
 
 
-@pytest.mark.timeout(1200)
-def test_postgres_outage_fails_loudly_and_recovers_exactly(stack, lake, pipeline, tmp_path):
-    p = pipeline
-    count = 8000
-    producer_log = tmp_path / "producer.log"
-    producer = start_producer(p, producer_log, "--rate", "200", "--count", str(count), "--seed", str(SEED),
-                              "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
-    sup = manager.Supervisor(stack)
-    driver_log = tmp_path / "driver.log"
-    driver = p.start(driver_log, "--trigger-seconds", "1")
-    try:
-        wait_for("two committed batches", lambda: p.health_batches() >= 2, 480)
-        sup.stop("postgres")
-        try:
-            # PostgreSQL stays down 30 s; the job must fail (not swallow the error) meanwhile.
-            exit_code = driver.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            exit_code = None
-    finally:
-        sup.start("postgres")
-        wait_for("PostgreSQL back", lambda: pg_ready(stack), 60)
-        if driver.poll() is None:
-            p.kill9(driver)
-    assert exit_code not in (None, 0), "the job kept running while PostgreSQL was down"
-    assert "query failed" in driver_log.read_text()
-    assert producer.wait(timeout=240) == 0, producer_log.read_text()[-3000:]
-
-    result = p.run_once()  # the restart a supervisor would do
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
-
-
 def grows_by(p: Pipeline, records: int):
     """Return a condition: the topic holds `records` more than now (the producer's own clock)."""
     target = topic_records(p) + records
@@ -135,6 +103,7 @@ def grows_by(p: Pipeline, records: int):
 RATE = 150  # events/s of the fault tests' producer
 
 
+@pytest.mark.exclusive
 @pytest.mark.timeout(1200)
 def test_object_store_stopped_for_60_s_loses_and_duplicates_nothing(stack, lake, pipeline, tmp_path):
     p = pipeline
@@ -167,6 +136,7 @@ def test_object_store_stopped_for_60_s_loses_and_duplicates_nothing(stack, lake,
     assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
 
 
+@pytest.mark.exclusive
 @pytest.mark.timeout(1200)
 def test_broker_sigkilled_three_times_while_the_producer_sends(stack, lake, pipeline, tmp_path):
     p = pipeline

@@ -1,6 +1,7 @@
 """The stream under the real Airflow scheduler: kill -9 of the driver, Airflow resubmits it with
 no human step and batches resume within 3 minutes; then a stop from the UI's "mark success"
 (the same API call) lets the running micro-batch finish and leaves the checkpoint consistent.
+And PostgreSQL stopped for 30 s under it and under a driver run by hand.
 Runs on the ad hoc stream DAG with the test's own names; the pipeline's stream is untouched.
 
 It runs at any minute of the hour, whatever the pipeline's batch jobs do: they start at the
@@ -11,6 +12,7 @@ same kill took 163 s to resume while they ran; the test used to wait for hh:10 t
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -157,34 +159,54 @@ def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pip
         count, len(expected.valid_ids), expected.duplicates)
 
 
+@pytest.mark.exclusive
 @pytest.mark.timeout(1500)
-def test_postgres_stopped_30_s_under_the_airflow_supervised_stream(stack, lake, pipeline, tmp_path):
-    """PostgreSQL holds the curated rows and Airflow's metadata: both go away for 30 s while the
-    Airflow-supervised stream runs and the producer sends. Airflow brings the stream back by
-    itself, and every acknowledged record lands exactly once."""
+def test_postgres_stopped_30_s_under_a_standalone_and_an_airflow_supervised_stream(stack, lake, pipeline,
+                                                                                 another_pipeline, tmp_path):
+    """PostgreSQL holds the curated rows and Airflow's metadata: both go away for 30 s while two
+    streams run and their producers send. A driver run by hand must fail loudly (not swallow
+    the error) and its restart land every record exactly once; the Airflow-supervised stream
+    must be brought back by Airflow by itself, and land every record exactly once too. One
+    outage serves both (it is the same fault, and the longest part of each)."""
     from common.probes import airflow_health, port_open
     from stack import manager
     from stack.init import pg_ready
 
-    p = pipeline
+    p, alone = pipeline, another_pipeline  # the Airflow-supervised stream's, the standalone driver's
     api = airflow_api(stack)
     sup = manager.Supervisor(stack)
-    producer_log = tmp_path / "producer.log"
-    rate = 100
+    producer_log, alone_producer_log, alone_log = (tmp_path / "producer.log", tmp_path / "alone-producer.log",
+                                                   tmp_path / "alone-driver.log")
+    rate, alone_count = 100, 8000
     producer = start_producer(p, producer_log, "--rate", str(rate), "--seed", str(SEED), "--sensors", str(SENSORS),
                               "--bad-rate", str(BAD_RATE))
+    alone_producer = start_producer(alone, alone_producer_log, "--rate", "200", "--count", str(alone_count),
+                                    "--seed", str(SEED), "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
+    alone_driver = alone.start(alone_log, "--trigger-seconds", "1")
+    alone_exit = None
     try:
         run_id = start_adhoc_run(api, p)
+        wait_for("two committed batches of the standalone driver", lambda: alone.health_batches() >= 2, 480)
         sent_before = topic_records(p)
         sup.stop("postgres")
         try:
-            # down while the producer sends 30 s of records (its pacing is the clock)
+            # the standalone driver must fail while PostgreSQL is down, within 30 s
+            try:
+                alone_exit = alone_driver.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                alone_exit = None
+            # down while the supervised stream's producer sends 30 s of records (its pacing is the clock)
             wait_for("30 s of records sent while PostgreSQL is down",
                      lambda: topic_records(p) >= sent_before + rate * 30, 180)
             assert not port_open("127.0.0.1", stack.pg_port)
         finally:
             sup.start("postgres")
             wait_for("PostgreSQL back", lambda: pg_ready(stack), 120)
+            if alone_driver.poll() is None:
+                alone.kill9(alone_driver)
+        assert alone_exit not in (None, 0), "the standalone driver kept running while PostgreSQL was down"
+        assert "query failed" in alone_log.read_text()
+
         batches = p.health_batches()
         wait_for("Airflow healthy again", lambda: all(
             airflow_health(f"http://127.0.0.1:{stack.airflow_port}").get(c) == "healthy"
@@ -194,9 +216,16 @@ def test_postgres_stopped_30_s_under_the_airflow_supervised_stream(stack, lake, 
 
         count = stop_producer(producer, producer_log)
         stop_run_cleanly(api, p, run_id, count, 600)
+        assert alone_producer.wait(timeout=240) == 0, alone_producer_log.read_text()[-3000:]
     finally:
         tear_down_run(api, p, producer)
+        if alone_producer.poll() is None:
+            alone_producer.kill()
+        if alone_driver.poll() is None:
+            alone.kill9(alone_driver)
         restore_stack(stack)  # an Airflow component may have given up while PostgreSQL was away
 
     assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
-
+    result = alone.run_once()  # the restart a supervisor would do
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert_landed_exactly(alone, lake, alone_count, SEED, SENSORS, BAD_RATE)
