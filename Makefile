@@ -28,11 +28,10 @@ clean:  ## stop and delete all local data (download caches are kept)
 sql:  ## apply sql/*.sql again (idempotent)
 	$(STACKCTL) sql
 
-test:  ## the whole suite: the unit tier, then the integration tier in two passes (two tests at a time, then the ones that stop a service, alone)
-	@# separate processes: each tier builds its own SparkSessions (the unit one has no jars)
+test:  ## the whole suite: the unit tier, then the integration tier (the tests that stop or kill a shared service last)
+	@# two processes: each tier builds its own SparkSession (the unit one has no jars)
 	$(PY) -m pytest tests/unit
-	$(PY) -m pytest -n 2 -m "not exclusive" --durations=10 tests/integration
-	$(PY) -m pytest -m exclusive --durations=5 tests/integration
+	$(PY) -m pytest --durations=10 tests/integration
 
 test-unit:  ## the fast tier only (no services)
 	$(PY) -m pytest tests/unit
@@ -41,9 +40,8 @@ test-fast:  ## the inner loop: the unit tier, then the stream's end-to-end test 
 	$(PY) -m pytest tests/unit
 	$(PY) -m pytest "tests/integration/test_stream.py::test_end_to_end_then_replay_with_new_offsets[local]"
 
-test-integration:  ## the tiers that need the running stack (started if down), in the same two passes as `make test`
-	$(PY) -m pytest -n 2 -m "not exclusive" tests/integration
-	$(PY) -m pytest -m exclusive tests/integration
+test-integration:  ## the tiers that need the running stack (started if down)
+	$(PY) -m pytest tests/integration
 
 lint:  ## ruff
 	$(PY) -m ruff check .

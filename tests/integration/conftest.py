@@ -21,7 +21,8 @@ def stack() -> StackSettings:
     """Return the settings of a running stack, running `stackctl up` first if it is not up."""
     ensure_env_file()
     settings = load_settings()
-    # under pytest-xdist each worker asks: the first brings the stack up, the others wait for it
+    # two pytest processes at once (or pytest-xdist's workers): the first brings the stack up,
+    # the others wait for it
     settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     with os.fdopen(os.open(settings.home / "tests-up.lock", os.O_RDWR | os.O_CREAT, 0o600)) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -61,17 +62,13 @@ def env(stack) -> Env:
 def pytest_collection_modifyitems(config, items):
     """Run the tests that stop or restart a shared service after every other test, and never
     beside another: a PostgreSQL or object store outage would fail whatever ran next to it."""
-    # and, beside it, the tests that run the stream (the long ones) first, so that under -n 2
-    # the short ones fill the gaps at the end instead of a long one running on its own there
-    items.sort(key=lambda item: (item.get_closest_marker("exclusive") is not None,
-                                 "pipeline" not in getattr(item, "fixturenames", ())))
-    workers = config.getoption("numprocesses", None)
+    items.sort(key=lambda item: item.get_closest_marker("exclusive") is not None)
+    workers = config.getoption("numprocesses", None)  # pytest-xdist's -n, if it is installed
     exclusive = [item.nodeid for item in items if item.get_closest_marker("exclusive")]
     if workers and exclusive:
         raise pytest.UsageError(
             f"{len(exclusive)} selected tests stop or restart a shared service and must run alone, not under "
-            f"-n {workers}: select them out with -m 'not exclusive' and run them in a pass of their own "
-            f"(`make test` does both), e.g. {exclusive[0]}")
+            f"-n {workers}: leave them out with -m 'not exclusive', and run them without -n, e.g. {exclusive[0]}")
 
 
 @pytest.fixture(scope="session")
