@@ -24,6 +24,8 @@ DEFAULT_BUCKET = "lakehouse"
 DEFAULT_PRODUCER_RATE = 50.0
 DEFAULT_PRODUCER_BAD_RATE = 0.005
 
+# Records per chunk of jobs/reprocess.py: one PostgreSQL transaction each.
+DEFAULT_REPROCESS_CHUNK_ROWS = 200_000
 # Each name and the command-line option that gives it.
 NAME_OPTIONS = {
     "topic": "--topic",

@@ -8,9 +8,10 @@ default log store relies on). So:
   it runs. A second writer of any of them (Airflow resubmitting while a stopping driver
   finishes its batch, an ad hoc run on a production name) waits, then is refused. A driver
   that dies loses its connection, and the locks.
-- `LakeMaintenance`: the retention DAG never writes the stream's tables. It inserts a row into
-  `lake_maintenance`; the stream claims it between two micro-batches, deletes the old
-  partitions, compacts (OPTIMIZE) and vacuums, and records the outcome for the DAG to read.
+- `LakeMaintenance`: the retention DAG and the reprocess job never write the stream's tables.
+  They insert a row into `lake_maintenance`; the stream claims it between two micro-batches and
+  carries it out (retention: delete the old partitions, compact, vacuum; requarantine: MERGE a
+  reprocess run's quarantine decisions), and records the outcome for them to read.
 """
 
 from __future__ import annotations
@@ -175,6 +176,33 @@ def maintain_table(spark: SparkSession, path: str, delete_before: date, vacuum_r
     return metrics
 
 
+def requarantine(spark: SparkSession, quarantine_path: str, params: dict) -> dict:
+    """Make the quarantine rows of a range (params: topic, bounds {partition: [from, to)}) those
+    of the staging table jobs/reprocess.py wrote (params: staging_path), in one MERGE, one
+    commit: rows now valid leave, rows newly invalid arrive, changed reasons are replaced."""
+    from delta.tables import DeltaTable
+
+    topic = params["topic"].replace("'", "''")
+    inside = " or ".join(f"(t.`partition` = {int(p)} and t.`offset` >= {int(lo)} and t.`offset` < {int(hi)})"
+                         for p, (lo, hi) in params["bounds"].items())
+    staged = spark.read.format("delta").load(params["staging_path"])
+    if not DeltaTable.isDeltaTable(spark, quarantine_path):
+        staged.write.format("delta").partitionBy("kafka_date").save(quarantine_path)
+        return {"inserted": staged.count(), "updated": 0, "deleted": 0}
+    table = DeltaTable.forPath(spark, quarantine_path)
+    (table.alias("t")
+     .merge(staged.alias("s"), "t.topic = s.topic and t.`partition` = s.`partition` and t.`offset` = s.`offset`")
+     .whenMatchedUpdate(condition="not (t.failed_rules <=> s.failed_rules)",
+                        set={"failed_rules": "s.failed_rules", "quarantined_at": "s.quarantined_at"})
+     .whenNotMatchedInsertAll()
+     .whenNotMatchedBySourceDelete(condition=f"t.topic = '{topic}' and ({inside or 'false'})")
+     .execute())
+    metrics = table.history(1).collect()[0].operationMetrics or {}
+    return {"inserted": int(metrics.get("numTargetRowsInserted", 0)),
+            "updated": int(metrics.get("numTargetRowsUpdated", 0)),
+            "deleted": int(metrics.get("numTargetRowsDeleted", 0))}
+
+
 class LakeMaintenance:
     """Claims and carries out the stream's pending lake maintenance requests."""
 
@@ -224,13 +252,20 @@ class LakeMaintenance:
         self._next_poll = time.monotonic() + self.poll_seconds
         handled = 0
         while (claimed := self._claim()) is not None:
-            request_id, delete_before, retain_hours, attempt = claimed
-            log.info("lake maintenance %d (attempt %d of %d): deleting partitions before %s, compacting, "
-                     "vacuuming (retain %d h)", request_id, attempt, self.max_attempts, delete_before, retain_hours)
+            request_id, kind, delete_before, retain_hours, params, attempt = claimed
             t0 = time.monotonic()
             try:
-                result = {name: maintain_table(spark, path, delete_before, retain_hours)
-                          for name, path in self.tables.items()}
+                if kind == "requarantine":
+                    log.info("lake maintenance %d (attempt %d of %d): quarantine decisions of reprocess run %s "
+                             "from %s", request_id, attempt, self.max_attempts, params.get("run_id"),
+                             params.get("staging_path"))
+                    result = {"quarantine": requarantine(spark, self.tables["quarantine"], params)}
+                else:
+                    log.info("lake maintenance %d (attempt %d of %d): deleting partitions before %s, compacting, "
+                             "vacuuming (retain %d h)", request_id, attempt, self.max_attempts, delete_before,
+                             retain_hours)
+                    result = {name: maintain_table(spark, path, delete_before, retain_hours)
+                              for name, path in self.tables.items()}
             except Exception as exc:
                 log.exception("lake maintenance %d failed", request_id)
                 self._finish(request_id, "failed", None, f"{type(exc).__name__}: {exc}")
@@ -248,7 +283,8 @@ class LakeMaintenance:
                 "attempts = attempts + 1 "
                 "where request_id = (select request_id from {schema}.lake_maintenance "
                 "where query_name = %s and state = 'pending' order by request_id limit 1 for update skip locked) "
-                "returning request_id, delete_before_date, vacuum_retain_hours, attempts"), (self.query_name,))
+                "returning request_id, kind, delete_before_date, vacuum_retain_hours, params, attempts"),
+                (self.query_name,))
             return cur.fetchone()
 
     def _finish(self, request_id: int, state: str, result: dict | None, error: str | None) -> None:

@@ -97,6 +97,55 @@ create index if not exists lake_maintenance_pending_idx on lake_maintenance (que
 -- out goes back to pending when the next driver starts, up to STREAM_MAINTENANCE_MAX_ATTEMPTS
 -- claims; then it is failed, so a request that kills the driver cannot crash-loop the stream.
 alter table lake_maintenance add column if not exists attempts integer not null default 0;
+-- What to do: 'retention' (delete_before_date, vacuum_retain_hours: delete old partitions,
+-- compact, vacuum) or 'requarantine' (params: make the quarantine rows of a range those of a
+-- staging table jobs/reprocess.py wrote, in one MERGE; the two retention columns are null).
+alter table lake_maintenance add column if not exists kind text not null default 'retention';
+alter table lake_maintenance add column if not exists params jsonb;
+alter table lake_maintenance alter column delete_before_date drop not null;
+alter table lake_maintenance alter column vacuum_retain_hours drop not null;
+
+-- reprocess_runs: each rebuild of curated rows from bronze (jobs/reprocess.py, the
+-- iot_reprocess DAG): its range, the bronze version it read, the offsets it stopped at (what
+-- the stream had committed), its counts and its outcome. Grain: one run; a resumed run keeps
+-- its row. Key: run_id.
+create table if not exists reprocess_runs (
+    run_id bigserial primary key,
+    requested_by text not null,          -- the Airflow run id, or "spark-submit"
+    query_name text not null,            -- the stream whose committed offsets bound the run
+    topic text not null,
+    bronze_path text not null,
+    from_date date,                      -- Kafka dates (kafka_date), inclusive; null: the whole table
+    to_date date,
+    as_of text,                          -- --as-of as given (a bronze version or timestamp); null: latest
+    bronze_version bigint not null,      -- the bronze version read (a resumed run reads it again)
+    end_offsets jsonb not null,          -- {"partition": offset}: records below these only
+    thresholds jsonb not null,           -- the status thresholds applied
+    chunk_rows integer not null,
+    chunks_total integer not null,
+    chunks_done integer not null default 0,
+    rows_read bigint not null default 0,
+    quarantine_request bigint,           -- the lake_maintenance request that applies its quarantine decisions
+    counts jsonb not null default '{}',  -- what changed, per kind and status (jobs/reprocess.py)
+    state text not null default 'running' check (state in ('running', 'done', 'failed')),
+    started_at timestamptz not null default now(),
+    finished_at timestamptz,
+    error text
+);
+-- reprocess_chunks: the chunks a run committed, each in the transaction that changed its rows,
+-- so a run killed at any point resumes after its last committed chunk and writes nothing
+-- twice. Grain: one chunk (one Kafka partition's offset range). Key: (run_id, chunk_no).
+create table if not exists reprocess_chunks (
+    run_id bigint not null references reprocess_runs (run_id) on delete cascade,
+    chunk_no integer not null,
+    kafka_partition integer not null,
+    from_offset bigint not null,         -- inclusive
+    to_offset bigint not null,           -- exclusive
+    rows_read bigint not null,
+    counts jsonb not null,
+    committed_at timestamptz not null default now(),
+    primary key (run_id, chunk_no)
+);
 
 reset search_path;
 reset role;

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-EXPECTED_DAGS = {"iot_stream", "iot_stream_adhoc", "iot_aggregates", "iot_retention"}
+EXPECTED_DAGS = {"iot_stream", "iot_stream_adhoc", "iot_aggregates", "iot_retention", "iot_reprocess"}
 
 
 @pytest.fixture(scope="module")
