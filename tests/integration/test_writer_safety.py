@@ -135,7 +135,8 @@ def test_a_maintenance_request_that_kills_the_driver_fails_after_its_attempts(st
         other = request_lake_maintenance(conn, schema, "someone-else", date(2026, 1, 1), 168, "test")
         maintenance = LakeMaintenance(writer_connect(stack), schema, "mine", {}, poll_seconds=10, max_attempts=2)
         for attempt in (1, 2):
-            assert maintenance._claim()[::3] == (request, attempt)  # a driver claims it ...
+            claimed = maintenance._claim()  # a driver claims it ...
+            assert (claimed[0], claimed[1], claimed[-1]) == (request, "retention", attempt)
             # ... and dies while carrying it out; the next driver starts:
             assert maintenance.reset_interrupted() == ((1, 0) if attempt == 1 else (0, 1))
         state, result, error = lake_maintenance_outcome(conn, schema, request)
