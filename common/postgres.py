@@ -85,3 +85,15 @@ def committed_end_offsets(cur, schema: str, *, query_id: str | None = None, quer
         raise ValueError("committed_end_offsets needs query_id, or query_name and topic")
     row = cur.fetchone()
     return {int(p): int(o) for p, o in row[0].items()} if row else {}
+
+
+def lake_maintenance_outcome(conn, schema: str, request_id: int) -> tuple[str, dict | None, str | None]:
+    """Return (state, result, error) of a lake maintenance request (jobs/maintenance.py), for the
+    retention DAG and the reprocess job that asked for it."""
+    with conn, conn.cursor() as cur:
+        cur.execute(in_schema(schema, "select state, result, error from {schema}.lake_maintenance "
+                                      "where request_id = %s"), (request_id,))
+        row = cur.fetchone()
+    if row is None:
+        raise LookupError(f"lake maintenance request {request_id} not found in {schema}.lake_maintenance")
+    return row[0], row[1], row[2]

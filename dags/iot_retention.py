@@ -89,8 +89,8 @@ with DAG(
         """Done when the stream reports the request done; fails when it reports a failure."""
         from common.env import Env
         from common.pipeline import PipelineNames
+        from common.postgres import lake_maintenance_outcome
         from orchestration import connections
-        from orchestration.retention import lake_maintenance_outcome
 
         with connections.postgres() as conn:
             state, result, error = lake_maintenance_outcome(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from jobs.transform import Thresholds, curated_columns
+from jobs.transform import Thresholds, curated_columns, first_copy_rank
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -44,11 +44,10 @@ def hourly_readings(checked: DataFrame, thresholds: Thresholds, lateness_hours: 
 def counted_readings(readings: DataFrame, lateness_hours: int) -> DataFrame:
     """Return the rows of `readings` (valid records: curated columns and kafka_timestamp) that
     count for their hour (see `hourly_readings`), with `hour_start_utc`."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    first_copy = Window.partitionBy("event_id").orderBy("kafka_timestamp", "kafka_partition", "kafka_offset")
-    counted = (readings.withColumn("_copy", F.row_number().over(first_copy))
+    first_copy = first_copy_rank("event_id", "kafka_timestamp", "kafka_partition", "kafka_offset")
+    counted = (readings.withColumn("_copy", first_copy)
                .where(F.col("_copy") == 1).drop("_copy")
                .withColumn("hour_start_utc", F.date_trunc("hour", "event_time")))
     deadline = F.col("hour_start_utc") + F.make_dt_interval(hours=F.lit(1 + lateness_hours))

@@ -51,11 +51,25 @@ from typing import TYPE_CHECKING
 from common.env import Env
 from common.pipeline import DEFAULT_REPROCESS_CHUNK_ROWS as DEFAULT_CHUNK_ROWS
 from common.pipeline import NAME_OPTIONS, PipelineNames
-from common.postgres import committed_end_offsets, connection, in_schema, open_connection
+from common.postgres import (
+    committed_end_offsets,
+    connection,
+    in_schema,
+    lake_maintenance_outcome,
+    open_connection,
+)
 from jobs.hourly import bronze_as_kafka
 from jobs.micro_batch import CSV_OPTIONS
 from jobs.session import pg_connect_kwargs
-from jobs.transform import CURATED_COLUMNS, Thresholds, curated_columns, parse, quarantine, validate
+from jobs.transform import (
+    CURATED_COLUMNS,
+    Thresholds,
+    curated_columns,
+    first_copy_rank,
+    parse,
+    quarantine,
+    validate,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -163,20 +177,28 @@ def read_bronze(spark: SparkSession, settings: ReprocessSettings) -> tuple[DataF
     path = settings.names.bronze_path
     if not DeltaTable.isDeltaTable(spark, path):
         raise NothingToReprocess(f"no Delta table at {path}: check --bronze-path")
-    reader = spark.read.format("delta")
     as_of = settings.as_of
-    if as_of is not None:
-        reader = reader.option("versionAsOf", int(as_of)) if as_of.isdigit() else reader.option("timestampAsOf", as_of)
-    history = DeltaTable.forPath(spark, path).history()
+    history = DeltaTable.forPath(spark, path).history
     if as_of is None:
-        version = history.selectExpr("max(version)").collect()[0][0]
+        version = history(1).collect()[0].version
     elif as_of.isdigit():
         version = int(as_of)
     else:
-        version = history.where(f"timestamp <= '{as_of}'").selectExpr("max(version)").collect()[0][0]
+        version = history().where(f"timestamp <= '{as_of}'").selectExpr("max(version)").collect()[0][0]
         if version is None:
             raise NothingToReprocess(f"bronze has no version at or before --as-of {as_of}")
-    return reader.load(path), int(version)
+    # the version recorded is the one read, even if the stream commits in between
+    return spark.read.format("delta").option("versionAsOf", int(version)).load(path), int(version)
+
+
+def within(ranges: dict[int, tuple[int, int]]):
+    """Return a Column: the record's (partition, offset) lies in ranges {partition: [from, to)}."""
+    from pyspark.sql import functions as F
+
+    inside = F.lit(False)
+    for partition, (lo, hi) in ranges.items():
+        inside = inside | ((F.col("partition") == partition) & (F.col("offset") >= lo) & (F.col("offset") < hi))
+    return inside
 
 
 def in_range(bronze: DataFrame, settings: ReprocessSettings, end_offsets: dict[int, int]) -> DataFrame:
@@ -189,28 +211,22 @@ def in_range(bronze: DataFrame, settings: ReprocessSettings, end_offsets: dict[i
         rows = rows.where(F.col("kafka_date") >= F.lit(settings.from_date))
     if settings.to_date:
         rows = rows.where(F.col("kafka_date") <= F.lit(settings.to_date))
-    below = F.lit(False)
-    for partition, offset in end_offsets.items():
-        below = below | ((F.col("partition") == partition) & (F.col("offset") < offset))
-    return rows.where(below)
+    return rows.where(within({partition: (0, offset) for partition, offset in end_offsets.items()}))
 
 
 def derive(records: DataFrame, thresholds: Thresholds) -> DataFrame:
     """Every record's coordinates, failed rules and, for the kept copy of a valid event, its
     curated row as a CSV line (null otherwise): the stream's own parse, validate, classify."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     checked = validate(parse(bronze_as_kafka(records)))
     valid = F.size("failed_rules") == 0
-    first_copy = Window.partitionBy("_event_id").orderBy("kafka_timestamp", "partition", "offset")
     line = F.to_csv(F.struct(*curated_columns(thresholds)), CSV_OPTIONS)
     return (checked
             .withColumn("_event_id", F.when(valid, F.col("_typed.event_id")))
-            .withColumn("_copy", F.when(valid, F.row_number().over(first_copy)))
+            .withColumn("_copy", F.when(valid, first_copy_rank("_event_id", "kafka_timestamp", "partition", "offset")))
             .select("partition", "offset", "failed_rules",
-                    F.when(valid & (F.col("_copy") == 1), line).alias("curated_csv"),
-                    (valid & (F.col("_copy") > 1)).alias("later_copy")))
+                    F.when(valid & (F.col("_copy") == 1), line).alias("curated_csv")))
 
 
 def quarantine_counts(spark: SparkSession, settings: ReprocessSettings, derived: DataFrame,
@@ -225,10 +241,7 @@ def quarantine_counts(spark: SparkSession, settings: ReprocessSettings, derived:
     if DeltaTable.isDeltaTable(spark, settings.names.quarantine_path):
         q = spark.read.format("delta").load(settings.names.quarantine_path).where(
             F.col("topic") == settings.names.topic)
-        inside = F.lit(False)
-        for partition, (lo, hi) in bounds.items():
-            inside = inside | ((F.col("partition") == partition) & (F.col("offset") >= lo) & (F.col("offset") < hi))
-        was_bad = q.where(inside).select("partition", "offset", F.col("failed_rules").alias("was")).cache()
+        was_bad = q.where(within(bounds)).select("partition", "offset", F.col("failed_rules").alias("was")).cache()
     else:
         was_bad = spark.createDataFrame([], "partition int, offset long, was array<string>")
     keys = ["partition", "offset"]
@@ -277,15 +290,14 @@ class RunLog:
              json.dumps(dataclasses.asdict(s.thresholds)), s.chunk_rows, chunks))
         return cur.fetchone()[0]
 
-    def done_chunks(self, cur, run_id: int) -> tuple[set[int], Counts, int]:
-        cur.execute(self.sql("select chunk_no, counts, rows_read from {schema}.reprocess_chunks where run_id = %s"),
-                    (run_id,))
-        done, counts, rows = set(), Counts(), 0
-        for chunk_no, chunk_counts, rows_read in cur.fetchall():
+    def done_chunks(self, cur, run_id: int) -> tuple[set[int], Counts]:
+        """Return the chunks the run committed, and what they changed."""
+        cur.execute(self.sql("select chunk_no, counts from {schema}.reprocess_chunks where run_id = %s"), (run_id,))
+        done, counts = set(), Counts()
+        for chunk_no, chunk_counts in cur.fetchall():
             done.add(chunk_no)
             counts.add(Counts.from_json(chunk_counts))
-            rows += rows_read
-        return done, counts, rows
+        return done, counts
 
     def chunk_done(self, cur, run_id: int, chunk: Chunk, rows: int, counts: Counts) -> None:
         cur.execute(self.sql(
@@ -448,10 +460,8 @@ def hand_quarantine_to_stream(spark: SparkSession, settings: ReprocessSettings, 
              staging, request_id, names.query_name)
     deadline = time.monotonic() + settings.quarantine_wait_seconds
     while True:
-        with connection(settings.pg_connect, "iot-reprocess") as conn, conn.cursor() as cur:
-            cur.execute(log_.sql("select state, result, error from {schema}.lake_maintenance where request_id = %s"),
-                        (request_id,))
-            state, result, error = cur.fetchone()
+        with connection(settings.pg_connect, "iot-reprocess") as conn:
+            state, result, error = lake_maintenance_outcome(conn, names.pg_schema, request_id)
         if state == "done":
             log.info("the stream applied the quarantine decisions: %s", result)
             return request_id
@@ -476,7 +486,7 @@ def _run_chunks(spark, settings: ReprocessSettings, log_: RunLog, records, deriv
             if run_id is None:
                 run_id = log_.start(cur, version, end_offsets, len(chunks))
             else:
-                done, total, _ = log_.done_chunks(cur, run_id)
+                done, total = log_.done_chunks(cur, run_id)
     log.info("%s%s: bronze version %d, %d chunks (%d done), offsets below %s",
              "dry run" if settings.dry_run else f"run {run_id}", "" if not done else " (resumed)", version,
              len(chunks), len(done), end_offsets)

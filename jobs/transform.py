@@ -182,6 +182,18 @@ def curated_columns(thresholds: Thresholds) -> list[Column]:
     ]
 
 
+def first_copy_rank(event_id: str, kafka_timestamp: str, partition: str, offset: str) -> Column:
+    """Return a Column: 1 for the copy of an event that counts, 2, 3... for the others. Among
+    records that share an event_id, the first by Kafka timestamp, then partition, then offset
+    counts: the copy the stream keeps (it keeps the first it reads; copies of an event share its
+    key, so they are in one partition, where the first read is the lowest offset). The hourly
+    aggregates and the reprocess job both keep this one."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    return F.row_number().over(Window.partitionBy(event_id).orderBy(kafka_timestamp, partition, offset))
+
+
 def now_column() -> Column:
     """Return the time a row is written, read from the clock when it is (milliseconds).
 

@@ -171,14 +171,3 @@ def request_lake_maintenance(conn, schema: str, query_name: str, delete_before: 
                     "vacuum_retain_hours) values (%s, %s, %s, %s) returning request_id"),
             (requested_by, query_name, delete_before, vacuum_retain_hours))
         return cur.fetchone()[0]
-
-
-def lake_maintenance_outcome(conn, schema: str, request_id: int) -> tuple[str, dict | None, str | None]:
-    """Return (state, result, error) of a maintenance request."""
-    with conn, conn.cursor() as cur:
-        cur.execute(in_schema(schema, "select state, result, error from {schema}.lake_maintenance "
-                                      "where request_id = %s"), (request_id,))
-        row = cur.fetchone()
-    if row is None:
-        raise LookupError(f"lake maintenance request {request_id} not found in {schema}.lake_maintenance")
-    return row[0], row[1], row[2]

@@ -12,9 +12,9 @@ from datetime import date
 
 import pytest
 
-from common.postgres import committed_end_offsets, connection
+from common.postgres import committed_end_offsets, connection, lake_maintenance_outcome
 from jobs.maintenance import LakeMaintenance, WriterLock, writer_resources
-from orchestration.retention import lake_maintenance_outcome, request_lake_maintenance
+from orchestration.retention import request_lake_maintenance
 from testkit.pipeline import Pipeline
 from testkit.schemas import create_pipeline_schema, drop_pipeline_schema, marts_schema_of
 
