@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
-from common.pipeline import DEFAULT_REPROCESS_CHUNK_ROWS
+from common.pipeline import DEFAULT_REPROCESS_CHUNK_ROWS, MAX_REPROCESS_CHUNK_ROWS
 from orchestration.operators import GracefulSparkSubmitOperator
 from orchestration.reprocess import REPROCESS_APPLICATION, reprocess_application_args
 
@@ -31,7 +31,7 @@ with DAG(
         "from_date": Param("", type="string", description="first Kafka date, YYYY-MM-DD; empty: bronze's first"),
         "to_date": Param("", type="string", description="last Kafka date (inclusive); empty: bronze's last"),
         "as_of": Param("", type="string", description="bronze Delta version or timestamp; empty: latest"),
-        "chunk_rows": Param(DEFAULT_REPROCESS_CHUNK_ROWS, type="integer", minimum=1,
+        "chunk_rows": Param(DEFAULT_REPROCESS_CHUNK_ROWS, type="integer", minimum=1, maximum=MAX_REPROCESS_CHUNK_ROWS,
                             description="records per chunk (one PostgreSQL transaction each)"),
         "topic": Param("", type="string", description="Kafka topic; empty: KAFKA_TOPIC"),
         "bronze_path": Param("", type="string", description="bronze Delta table; empty: BRONZE_PATH"),

@@ -42,14 +42,17 @@ import io
 import json
 import logging
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
 
 from common.env import Env
 from common.pipeline import DEFAULT_REPROCESS_CHUNK_ROWS as DEFAULT_CHUNK_ROWS
+from common.pipeline import MAX_REPROCESS_CHUNK_ROWS as MAX_CHUNK_ROWS
 from common.pipeline import NAME_OPTIONS, PipelineNames
 from common.postgres import (
     committed_end_offsets,
@@ -241,16 +244,26 @@ def quarantine_counts(spark: SparkSession, settings: ReprocessSettings, derived:
     if DeltaTable.isDeltaTable(spark, settings.names.quarantine_path):
         q = spark.read.format("delta").load(settings.names.quarantine_path).where(
             F.col("topic") == settings.names.topic)
-        was_bad = q.where(within(bounds)).select("partition", "offset", F.col("failed_rules").alias("was")).cache()
+        was_bad = q.where(within(bounds)).select("partition", "offset", F.col("failed_rules").alias("was"))
     else:
         was_bad = spark.createDataFrame([], "partition int, offset long, was array<string>")
-    keys = ["partition", "offset"]
-    promoted = was_bad.join(now_bad, keys, "left_anti").select(F.explode("was").alias("rule"))
-    newly = now_bad.join(was_bad, keys, "left_anti").select(F.explode("failed_rules").alias("rule"))
-    counts.reasons_changed = now_bad.join(was_bad, keys).where(
-        F.array_sort("failed_rules") != F.array_sort("was")).count()
-    counts.promoted.update({r.rule: r["count"] for r in promoted.groupBy("rule").count().collect()})
-    counts.newly_quarantined.update({r.rule: r["count"] for r in newly.groupBy("rule").count().collect()})
+    # one join, one pass: each record in either side is promoted (only in quarantine), newly
+    # quarantined (only now failing) or has its reasons changed (both, other rules)
+    both = now_bad.join(was_bad, ["partition", "offset"], "full_outer")
+    kind = (F.when(F.col("failed_rules").isNull(), F.lit("promoted"))
+            .when(F.col("was").isNull(), F.lit("newly"))
+            .when(F.array_sort("failed_rules") != F.array_sort("was"), F.lit("reasons")))
+    rules = (F.when(F.col("failed_rules").isNull(), F.col("was"))
+             .when(F.col("was").isNull(), F.col("failed_rules"))
+             .otherwise(F.array(F.lit(""))))
+    found = both.select(kind.alias("kind"), F.explode(rules).alias("rule")).where(F.col("kind").isNotNull())
+    for r in found.groupBy("kind", "rule").count().collect():
+        if r.kind == "promoted":
+            counts.promoted[r.rule] += r["count"]
+        elif r.kind == "newly":
+            counts.newly_quarantined[r.rule] += r["count"]
+        else:
+            counts.reasons_changed += r["count"]
     return counts
 
 
@@ -315,10 +328,11 @@ class RunLog:
                         (state, json.dumps(counts.as_json()), error, run_id))
 
 
-def apply_chunk(cur, schema: str, topic: str, chunk: Chunk, csv_lines: list[str],
+def apply_chunk(cur, schema: str, topic: str, chunk: Chunk, csv_text: str,
                 bounds: dict[int, tuple[int, int]]) -> Counts:
-    """Make curated's rows of `chunk` those of `csv_lines` (the kept copies of the chunk's valid
-    records, CURATED_COLUMNS order) inside the caller's transaction; return what changed."""
+    """Make curated's rows of `chunk` those of `csv_text` (CSV lines of the kept copies of the
+    chunk's valid records, CURATED_COLUMNS order) inside the caller's transaction; return what
+    changed."""
     counts = Counts()
     columns = ", ".join(CURATED_COLUMNS)
 
@@ -329,9 +343,8 @@ def apply_chunk(cur, schema: str, topic: str, chunk: Chunk, csv_lines: list[str]
                   "(like {schema}.sensor_readings including defaults) on commit delete rows"))
     cur.execute("create temporary table if not exists reprocess_bounds "
                 "(kafka_partition integer, from_offset bigint, to_offset bigint) on commit delete rows")
-    if csv_lines:
-        cur.copy_expert(f"copy reprocess_rows ({columns}) from stdin with (format csv)",
-                        io.StringIO("\n".join(csv_lines) + "\n"))
+    if csv_text:
+        cur.copy_expert(f"copy reprocess_rows ({columns}) from stdin with (format csv)", io.StringIO(csv_text))
     cur.copy_expert("copy reprocess_bounds from stdin with (format csv)",
                     io.StringIO("".join(f"{p},{lo},{hi}\n" for p, (lo, hi) in bounds.items())))
     in_run_range = ("exists (select 1 from reprocess_bounds b where c.kafka_topic = %(topic)s "
@@ -374,13 +387,17 @@ def apply_chunk(cur, schema: str, topic: str, chunk: Chunk, csv_lines: list[str]
     return counts
 
 
-def chunk_lines(derived: DataFrame, chunk: Chunk) -> tuple[int, list[str]]:
-    """Return (records read, curated CSV lines of the kept copies) of one chunk."""
+def chunk_csv(derived: DataFrame, chunk: Chunk) -> tuple[int, int, str]:
+    """Return (records read, curated rows, their CSV text) of one chunk: the kept copies of its
+    valid records, one line each. Spark joins the lines: one string crosses to Python, not a
+    row object per record (which cost as much as the chunk's Spark work)."""
     from pyspark.sql import functions as F
 
-    rows = derived.where((F.col("partition") == chunk.partition) & (F.col("offset") >= chunk.from_offset)
-                         & (F.col("offset") < chunk.to_offset)).select("curated_csv").collect()
-    return len(rows), [r.curated_csv for r in rows if r.curated_csv is not None]
+    row = derived.where((F.col("partition") == chunk.partition) & (F.col("offset") >= chunk.from_offset)
+                        & (F.col("offset") < chunk.to_offset)).agg(
+        F.count("*").alias("records"), F.count("curated_csv").alias("curated"),
+        F.concat_ws("\n", F.collect_list("curated_csv")).alias("text")).collect()[0]
+    return row.records, row.curated, row.text + "\n" if row.curated else ""
 
 
 def run(spark: SparkSession, settings: ReprocessSettings) -> tuple[int | None, Counts]:
@@ -423,6 +440,7 @@ def run(spark: SparkSession, settings: ReprocessSettings) -> tuple[int | None, C
                     f"no bronze records of {names.topic} from {settings.from_date or 'the first'} to "
                     f"{settings.to_date or 'the last'} Kafka date below the stream's committed offsets "
                     f"{end_offsets}: check --from, --to, --topic and --bronze-path")
+            log.info("bronze version %d read and derived in %.1f s", version, time.monotonic() - started)
             chunks = plan_chunks(bounds, settings.chunk_rows)
             return _run_chunks(spark, settings, log_, records, derived, bounds, chunks, version, end_offsets,
                                resumed[0] if resumed else None, started)
@@ -478,7 +496,6 @@ def hand_quarantine_to_stream(spark: SparkSession, settings: ReprocessSettings, 
 def _run_chunks(spark, settings: ReprocessSettings, log_: RunLog, records, derived, bounds, chunks: list[Chunk],
                 version: int, end_offsets: dict[int, int], run_id: int | None,
                 started: float) -> tuple[int | None, Counts]:
-    names = settings.names
     total = Counts()
     done: set[int] = set()
     if not settings.dry_run:
@@ -491,49 +508,121 @@ def _run_chunks(spark, settings: ReprocessSettings, log_: RunLog, records, deriv
              "dry run" if settings.dry_run else f"run {run_id}", "" if not done else " (resumed)", version,
              len(chunks), len(done), end_offsets)
     todo = [c for c in chunks if c.number not in done]
-    left = sum(c.to_offset - c.from_offset for c in todo)
-    read = 0
+    progress = _Progress(total=total, chunks=len(chunks), left=sum(c.to_offset - c.from_offset for c in todo),
+                         started=started)
+    # Spark's work overlaps PostgreSQL's: the quarantine comparison runs beside the chunks, and
+    # two workers each take a Kafka partition's chunks in turn (the largest first), so one applies
+    # a chunk in PostgreSQL while the other's lines are made by Spark, or both apply (one core each)
+    pool = ThreadPoolExecutor(max_workers=1 + CHUNK_WORKERS, thread_name_prefix="reprocess")
     try:
-        conn = open_connection(settings.pg_connect, "iot-reprocess")
-        try:
-            for chunk in todo:
-                t_spark = time.monotonic()
-                rows, lines = chunk_lines(derived, chunk)
-                t_pg = time.monotonic()
-                with conn.cursor() as cur:
-                    counts = apply_chunk(cur, names.pg_schema, names.topic, chunk, lines, bounds)
-                    if settings.dry_run:
-                        conn.rollback()
-                    else:
-                        log_.chunk_done(cur, run_id, chunk, rows, counts)
-                        conn.commit()
-                total.add(counts)
-                read += rows
-                left -= chunk.to_offset - chunk.from_offset
-                rate = read / max(time.monotonic() - started, 1e-3)
-                log.info("chunk %d/%d (partition %d, offsets %d-%d): %d rows (Spark %d ms, PostgreSQL %d ms), "
-                         "%.0f rows/s, ETA %.0f s", chunk.number + 1, len(chunks), chunk.partition, chunk.from_offset,
-                         chunk.to_offset - 1, rows, int((t_pg - t_spark) * 1000), int((time.monotonic() - t_pg) * 1000),
-                         rate, left / rate if rate else 0)
-        finally:
-            conn.close()
-        t_q = time.monotonic()
-        quarantine = quarantine_counts(spark, settings, derived, bounds)
-        log.info("quarantine decisions compared in %.1f s", time.monotonic() - t_q)
+        compared = pool.submit(_timed, quarantine_counts, spark, settings, derived, bounds)
+        by_partition: dict[int, list[Chunk]] = {}
+        for chunk in todo:
+            by_partition.setdefault(chunk.partition, []).append(chunk)
+        queue = sorted(by_partition.values(), key=lambda cs: -sum(c.to_offset - c.from_offset for c in cs))
+        stop = threading.Event()
+        workers = [pool.submit(_chunk_worker, settings, log_, run_id, derived, bounds, queue, progress, stop)
+                   for _ in range(min(CHUNK_WORKERS, len(queue)))]
+        wait(workers, return_when=FIRST_EXCEPTION)
+        if any(w.done() and w.exception() for w in workers):
+            stop.set()  # the others finish the chunk they are in, then stop
+            wait(workers)
+            raise next(w.exception() for w in workers if w.exception())
+        read = progress.read
+        t_wait = time.monotonic()
+        quarantine, seconds = compared.result()
+        log.info("quarantine decisions compared in %.1f s, alongside the chunks (waited %.1f s for it)",
+                 seconds, time.monotonic() - t_wait)
         total.promoted, total.newly_quarantined = quarantine.promoted, quarantine.newly_quarantined
         total.reasons_changed = quarantine.reasons_changed
         if not settings.dry_run and quarantine.quarantine_differs:
             hand_quarantine_to_stream(spark, settings, log_, run_id, records, bounds)
     except BaseException as exc:
+        pool.shutdown(wait=False, cancel_futures=True)
         if run_id is not None and not isinstance(exc, KeyboardInterrupt):
             log_.finish(run_id, "failed", total, f"{type(exc).__name__}: {exc}")
         raise
+    pool.shutdown()
     if run_id is not None:
         log_.finish(run_id, "done", total)
     elapsed = time.monotonic() - started
     log.info("%s done: %d rows read in %.1f s (%.0f rows/s, from the first read of bronze)",
              "dry run" if settings.dry_run else f"run {run_id}", read, elapsed, read / max(elapsed, 1e-3))
     return run_id, total
+
+
+# chunks applied at once: PostgreSQL takes one core per connection, the machine has two
+CHUNK_WORKERS = 2
+# a chunk that deadlocks with another (their events' copies in each other's range) is retried
+DEADLOCK_RETRIES = 3
+
+
+@dataclass
+class _Progress:
+    """The chunk workers' shared totals, under one lock."""
+
+    total: Counts
+    chunks: int
+    left: int
+    started: float
+    read: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def chunk_applied(self, chunk: Chunk, rows: int, counts: Counts, spark_ms: int, pg_ms: int) -> None:
+        with self.lock:
+            self.total.add(counts)
+            self.read += rows
+            self.left -= chunk.to_offset - chunk.from_offset
+            rate = self.read / max(time.monotonic() - self.started, 1e-3)
+            log.info("chunk %d/%d (partition %d, offsets %d-%d): %d rows (Spark %d ms, PostgreSQL %d ms), "
+                     "%.0f rows/s, ETA %.0f s", chunk.number + 1, self.chunks, chunk.partition, chunk.from_offset,
+                     chunk.to_offset - 1, rows, spark_ms, pg_ms, rate, self.left / rate if rate else 0)
+
+
+def _chunk_worker(settings: ReprocessSettings, log_: RunLog, run_id: int | None, derived: DataFrame,
+                  bounds: dict[int, tuple[int, int]], queue: list[list[Chunk]], progress: _Progress,
+                  stop: threading.Event) -> None:
+    """Apply whole Kafka partitions' chunks from `queue`, each chunk in one transaction, until
+    the queue is empty or `stop` is set. Two workers never hold chunks of one partition."""
+    import psycopg2.errors
+
+    names = settings.names
+    with connection(settings.pg_connect, "iot-reprocess") as conn:
+        while not stop.is_set():
+            with progress.lock:
+                if not queue:
+                    return
+                partition_chunks = queue.pop(0)
+            for chunk in partition_chunks:
+                if stop.is_set():
+                    return
+                t_spark = time.monotonic()
+                rows, _, csv_text = chunk_csv(derived, chunk)
+                t_pg = time.monotonic()
+                for attempt in range(1, DEADLOCK_RETRIES + 1):
+                    try:
+                        with conn.cursor() as cur:
+                            counts = apply_chunk(cur, names.pg_schema, names.topic, chunk, csv_text, bounds)
+                            if settings.dry_run:
+                                conn.rollback()
+                            else:
+                                log_.chunk_done(cur, run_id, chunk, rows, counts)
+                                conn.commit()
+                        break
+                    except psycopg2.errors.DeadlockDetected:
+                        conn.rollback()
+                        if attempt == DEADLOCK_RETRIES:
+                            raise
+                        log.warning("chunk %d deadlocked with another, attempt %d of %d: retrying", chunk.number + 1,
+                                    attempt, DEADLOCK_RETRIES)
+                progress.chunk_applied(chunk, rows, counts, int((t_pg - t_spark) * 1000),
+                                       int((time.monotonic() - t_pg) * 1000))
+
+
+def _timed(function, *args):
+    """Return (function(*args), the seconds it took)."""
+    t = time.monotonic()
+    return function(*args), time.monotonic() - t
 
 
 def optional_date(text: str) -> date | None:
@@ -581,8 +670,9 @@ def build_parser(pipeline: PipelineNames) -> argparse.ArgumentParser:
 
 def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, env: Env) -> ReprocessSettings:
     """Settings from the command line; a bad argument exits 2 through `parser`, naming it."""
-    if args.chunk_rows < 1:
-        parser.error("--chunk-rows must be >= 1")
+    if not 1 <= args.chunk_rows <= MAX_CHUNK_ROWS:
+        parser.error(f"--chunk-rows must be between 1 and {MAX_CHUNK_ROWS:,}: a chunk's lines are held in the "
+                     "driver's memory, twice while the next one is prepared")
     if args.quarantine_wait < 0:
         parser.error("--quarantine-wait must be >= 0")
     if args.from_date and args.to_date and args.from_date > args.to_date:
