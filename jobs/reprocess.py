@@ -567,16 +567,20 @@ class _Progress:
     started: float
     read: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # the ETA follows the chunks' own pace (the derivation before them is done)
+    chunks_started: float = field(default_factory=time.monotonic)
 
     def chunk_applied(self, chunk: Chunk, rows: int, counts: Counts, spark_ms: int, pg_ms: int) -> None:
         with self.lock:
             self.total.add(counts)
             self.read += rows
             self.left -= chunk.to_offset - chunk.from_offset
-            rate = self.read / max(time.monotonic() - self.started, 1e-3)
+            now = time.monotonic()
+            pace = self.read / max(now - self.chunks_started, 1e-3)
             log.info("chunk %d/%d (partition %d, offsets %d-%d): %d rows (Spark %d ms, PostgreSQL %d ms), "
-                     "%.0f rows/s, ETA %.0f s", chunk.number + 1, self.chunks, chunk.partition, chunk.from_offset,
-                     chunk.to_offset - 1, rows, spark_ms, pg_ms, rate, self.left / rate if rate else 0)
+                     "%.0f rows/s since the first read of bronze, ETA %.0f s", chunk.number + 1, self.chunks,
+                     chunk.partition, chunk.from_offset, chunk.to_offset - 1, rows, spark_ms, pg_ms,
+                     self.read / max(now - self.started, 1e-3), self.left / pace if pace else 0)
 
 
 def _chunk_worker(settings: ReprocessSettings, log_: RunLog, run_id: int | None, derived: DataFrame,
