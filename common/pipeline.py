@@ -26,7 +26,7 @@ DEFAULT_PRODUCER_BAD_RATE = 0.005
 
 # Records per chunk of jobs/reprocess.py: one PostgreSQL transaction each.
 DEFAULT_REPROCESS_CHUNK_ROWS = 200_000
-# At most: a chunk's CSV text is one string in the driver (~150 bytes a row, two chunks at once).
+# At most: a chunk's CSV text is one string in the driver (~150 bytes a row, two chunks at a time).
 MAX_REPROCESS_CHUNK_ROWS = 1_000_000
 # Each name and the command-line option that gives it.
 NAME_OPTIONS = {

@@ -24,6 +24,7 @@ deleted. Bronze is never modified; the stream keeps running.
   PostgreSQL transaction, which also records the chunk as done (reprocess_chunks), so a run
   killed at any point resumes after its last committed chunk: run it again with the same
   options (the same bronze version and offsets are read again), and nothing is written twice.
+  Two chunks are applied at once, never two of one Kafka partition.
 - Quarantine: the current rules' decisions for the range are compared with the quarantine
   table (promoted out of it, newly quarantined, reasons changed). When they differ, the run
   stages the range's quarantine rows in a Delta table of its own and hands them to the stream,
@@ -676,7 +677,7 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
     """Settings from the command line; a bad argument exits 2 through `parser`, naming it."""
     if not 1 <= args.chunk_rows <= MAX_CHUNK_ROWS:
         parser.error(f"--chunk-rows must be between 1 and {MAX_CHUNK_ROWS:,}: a chunk's lines are held in the "
-                     "driver's memory, twice while the next one is prepared")
+                     f"driver's memory, {CHUNK_WORKERS} chunks at a time")
     if args.quarantine_wait < 0:
         parser.error("--quarantine-wait must be >= 0")
     if args.from_date and args.to_date and args.from_date > args.to_date:
