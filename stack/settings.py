@@ -154,6 +154,11 @@ def _lost_message(env_file: Path, home: Path, lost: list[str]) -> str:
             "`make clean` then `make up`.")
 
 
+# DAGs `make up` unpauses (AIRFLOW_UNPAUSE_DAGS): the pipeline's scheduled ones, and the manual
+# ones, which run only when someone triggers them (a paused DAG's triggered run stays queued)
+DEFAULT_UNPAUSE_DAGS = ("iot_stream", "iot_aggregates", "iot_retention", "iot_reprocess", "iot_stream_adhoc")
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """Everything the local stack needs to install, start, probe and initialise services."""
@@ -211,7 +216,7 @@ class StackSettings:
     superset_admin_user: str
     superset_admin_password: str
     superset_secret_key: str
-    unpause_dags: tuple[str, ...] = ("iot_stream", "iot_aggregates", "iot_retention")
+    unpause_dags: tuple[str, ...] = DEFAULT_UNPAUSE_DAGS
     config: Env | None = field(default=None, repr=False, compare=False)  # what it was built from
     # As root, the unprivileged user every service but PostgreSQL runs as; None otherwise
     # (then everything runs as whoever runs `make up`, from the clone and its .stack/).
@@ -402,8 +407,7 @@ def load_settings(env: Env | None = None) -> StackSettings:
         superset_secret_key=env.require("SUPERSET_SECRET_KEY", "run `make up` to generate it"),
         config=env,
         service_user=env.get("IOT_SERVICE_USER", DEFAULT_SERVICE_USER) if as_root else None,
-        unpause_dags=tuple(d.strip() for d in env.get("AIRFLOW_UNPAUSE_DAGS",
-                                                      "iot_stream,iot_aggregates,iot_retention").split(",")
+        unpause_dags=tuple(d.strip() for d in env.get("AIRFLOW_UNPAUSE_DAGS", ",".join(DEFAULT_UNPAUSE_DAGS)).split(",")
                            if d.strip()),
     )
 
