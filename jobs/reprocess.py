@@ -431,8 +431,13 @@ def run(spark: SparkSession, settings: ReprocessSettings) -> tuple[int | None, C
             end_offsets = committed
         started = time.monotonic()
         records = in_range(bronze, settings, end_offsets)
-        # one read of bronze: the derivation, kept for the chunks, also gives each partition's offsets
-        derived = derive(records, settings.thresholds).persist(StorageLevel.MEMORY_AND_DISK)
+        # One read of bronze: the derivation, kept for the chunks, also gives each partition's
+        # offsets. Kept on local disk, not in the heap: in memory, a day-old pipeline's 2 million
+        # records ran a 1 GB driver out of heap while the cache was built. Sorted by offset within
+        # each cached partition, so a chunk's scan skips the batches whose offsets it does not
+        # cover (the cache keeps each batch's min and max) instead of decoding them all.
+        derived = derive(records, settings.thresholds).sortWithinPartitions("partition", "offset").persist(
+            StorageLevel.DISK_ONLY)
         try:
             bounds = {r.partition: (r.lo, r.hi + 1) for r in derived.groupBy("partition").agg(
                 F.min("offset").alias("lo"), F.max("offset").alias("hi")).collect()}
