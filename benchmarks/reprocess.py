@@ -1,7 +1,7 @@
 """Print the rebuild rate of jobs/reprocess.py on this machine, with the whole stack running.
 
 Usage:
-    stack/bin/stackctl python -m benchmarks.reprocess [--records 1000000] [--chunk-rows 200000] [--runs 3]
+    stack/bin/stackctl python -m benchmarks.reprocess [--records 1000000] [--chunk-rows 50000] [--runs 3]
 
 On names of its own (topic, PostgreSQL schema, S3 prefix), removed at the end:
 1. --records readings (1 % bad) are sent to a topic of its own, and the real stream job
@@ -26,6 +26,7 @@ import sys
 import time
 
 from common.env import Env
+from common.pipeline import DEFAULT_REPROCESS_CHUNK_ROWS
 from producer.simulation import Fleet
 from producer.stream import EventStream
 from stack.settings import load_settings
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--records", type=int, default=1_000_000,
                         help="records to land and rebuild (default 1000000)")
-    parser.add_argument("--chunk-rows", type=int, default=200_000, help="the job's --chunk-rows (default 200000)")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_REPROCESS_CHUNK_ROWS,
+                        help=f"the job's --chunk-rows (default {DEFAULT_REPROCESS_CHUNK_ROWS})")
     parser.add_argument("--runs", type=int, default=3, help="rebuilds of the same bronze, one after another "
                                                             "(default 3: a shared 2-core machine is noisy)")
     args = parser.parse_args(argv)

@@ -46,8 +46,8 @@ def test_empty_values_are_not_given_as_the_dag_passes_unset_params():
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--chunk-rows", "0"], "--chunk-rows must be between 1 and 1,000,000"),
-    (["--chunk-rows", "1000001"], "--chunk-rows must be between 1 and 1,000,000"),
+    (["--chunk-rows", "0"], "--chunk-rows must be between 1 and 100,000"),
+    (["--chunk-rows", "100001"], "--chunk-rows must be between 1 and 100,000"),
     (["--from", "2026-12-02", "--to", "2026-12-01"], "--from 2026-12-02 is after --to 2026-12-01"),
     (["--from", "yesterday"], "argument --from: invalid optional_date value: 'yesterday'"),
     (["--dry-run=maybe"], "argument --dry-run: invalid true_or_false value: 'maybe'"),
