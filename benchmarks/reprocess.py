@@ -1,7 +1,7 @@
 """Print the rebuild rate of jobs/reprocess.py on this machine, with the whole stack running.
 
 Usage:
-    stack/bin/stackctl python -m benchmarks.reprocess [--records 1000000] [--chunk-rows 50000] [--runs 3]
+    stack/bin/stackctl python -m benchmarks.reprocess [--records 1000000] [--chunk-rows 100000] [--runs 3]
 
 On names of its own (topic, PostgreSQL schema, S3 prefix), removed at the end:
 1. --records readings (1 % bad) are sent to a topic of its own, and the real stream job

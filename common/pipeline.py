@@ -25,7 +25,7 @@ DEFAULT_PRODUCER_RATE = 50.0
 DEFAULT_PRODUCER_BAD_RATE = 0.005
 
 # Records per chunk of jobs/reprocess.py: one PostgreSQL transaction each.
-DEFAULT_REPROCESS_CHUNK_ROWS = 50_000
+DEFAULT_REPROCESS_CHUNK_ROWS = 100_000
 # At most: a chunk's CSV text is one string in the driver (~150 bytes a row), copied several times on
 # its way to Python, two chunks at a time: 200,000-row chunks ran a 1 GB driver out of heap.
 MAX_REPROCESS_CHUNK_ROWS = 100_000
