@@ -38,6 +38,8 @@ NAME_OPTIONS = {
     "pg_schema": "--pg-schema",
     "query_name": "--query-name",
 }
+# The names jobs/reprocess.py takes (it writes no checkpoint).
+REPROCESS_NAME_OPTIONS = {k: v for k, v in NAME_OPTIONS.items() if k != "checkpoint"}
 
 
 def _given(values: Mapping[str, str | None]) -> dict[str, str]:

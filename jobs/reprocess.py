@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 from common.env import Env
 from common.pipeline import DEFAULT_REPROCESS_CHUNK_ROWS as DEFAULT_CHUNK_ROWS
 from common.pipeline import MAX_REPROCESS_CHUNK_ROWS as MAX_CHUNK_ROWS
-from common.pipeline import NAME_OPTIONS, PipelineNames
+from common.pipeline import REPROCESS_NAME_OPTIONS, PipelineNames
 from common.postgres import (
     committed_end_offsets,
     connection,
@@ -82,7 +82,6 @@ log = logging.getLogger("jobs.reprocess")
 
 LOCK_KEY = "reprocess:{db}.{schema}"
 # the names it takes: the stream's (jobs/stream.py) but its checkpoint, which it never reads
-REPROCESS_NAME_OPTIONS = {k: v for k, v in NAME_OPTIONS.items() if k != "checkpoint"}
 # the curated row's value columns: what an update may change (event_id is the key)
 VALUE_COLUMNS = tuple(c for c in CURATED_COLUMNS if c != "event_id")
 
@@ -388,8 +387,8 @@ def apply_chunk(cur, schema: str, topic: str, chunk: Chunk, csv_text: str,
     return counts
 
 
-def chunk_csv(derived: DataFrame, chunk: Chunk) -> tuple[int, int, str]:
-    """Return (records read, curated rows, their CSV text) of one chunk: the kept copies of its
+def chunk_csv(derived: DataFrame, chunk: Chunk) -> tuple[int, str]:
+    """Return (records read, the curated rows' CSV text) of one chunk: the kept copies of its
     valid records, one line each. Spark joins the lines: one string crosses to Python, not a
     row object per record (which cost as much as the chunk's Spark work)."""
     from pyspark.sql import functions as F
@@ -398,7 +397,7 @@ def chunk_csv(derived: DataFrame, chunk: Chunk) -> tuple[int, int, str]:
                         & (F.col("offset") < chunk.to_offset)).agg(
         F.count("*").alias("records"), F.count("curated_csv").alias("curated"),
         F.concat_ws("\n", F.collect_list("curated_csv")).alias("text")).collect()[0]
-    return row.records, row.curated, row.text + "\n" if row.curated else ""
+    return row.records, row.text + "\n" if row.curated else ""
 
 
 def run(spark: SparkSession, settings: ReprocessSettings) -> tuple[int | None, Counts]:
@@ -607,7 +606,7 @@ def _chunk_worker(settings: ReprocessSettings, log_: RunLog, run_id: int | None,
                 if stop.is_set():
                     return
                 t_spark = time.monotonic()
-                rows, _, csv_text = chunk_csv(derived, chunk)
+                rows, csv_text = chunk_csv(derived, chunk)
                 t_pg = time.monotonic()
                 for attempt in range(1, DEADLOCK_RETRIES + 1):
                     try:

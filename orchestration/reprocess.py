@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.pipeline import REPROCESS_NAME_OPTIONS
+
 REPO = Path(__file__).resolve().parents[1]
 REPROCESS_APPLICATION = str(REPO / "jobs" / "reprocess.py")
 
@@ -14,8 +16,6 @@ def reprocess_application_args() -> list[str]:
     args = ["--from", "{{ params.from_date }}", "--to", "{{ params.to_date }}", "--as-of", "{{ params.as_of }}",
             "--dry-run={{ params.dry_run | lower }}", "--chunk-rows", "{{ params.chunk_rows }}",
             "--requested-by", "airflow:{{ run_id }}"]
-    for option, param in (("--topic", "topic"), ("--bronze-path", "bronze_path"),
-                          ("--quarantine-path", "quarantine_path"), ("--pg-schema", "pg_schema"),
-                          ("--query-name", "query_name")):
+    for param, option in REPROCESS_NAME_OPTIONS.items():
         args += [option, f"{{{{ params.{param} }}}}"]
     return args
