@@ -4,6 +4,7 @@ deadline, and say what was being waited for when it passes."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 import urllib.error
@@ -11,6 +12,7 @@ import urllib.request
 from collections.abc import Callable
 
 POLL_INTERVAL_S = 0.5
+log = logging.getLogger(__name__)
 
 
 class NotReady(RuntimeError):
@@ -35,7 +37,9 @@ def wait_for(
     while True:
         try:
             if probe():
-                return time.monotonic() - start
+                took = time.monotonic() - start
+                log.info("%s: after %.1f s", what, took)  # where a slow test's time went
+                return took
         except Exception as exc:  # a probe failing is the normal "not yet" answer
             last_error = f"{type(exc).__name__}: {exc}"
         now = time.monotonic()

@@ -1,0 +1,138 @@
+"""Run a command and print where the machine's CPU went meanwhile, by component.
+
+Usage:
+    stack/bin/stackctl python -m benchmarks.cpu_by_component [--interval 0.5] -- COMMAND...
+    e.g. ... -- python -m pytest -q -p no:logging tests/integration
+
+Every process on the machine is sampled from /proc each interval and put in a component by its
+command line: the pipeline's own stream and producer, each Spark job the tests start
+(spark-submit's JVM and its Python driver together), the tests' process with its SparkSession,
+Airflow's components and the task processes they fork, the broker, the object store, PostgreSQL,
+Superset. The figures are CPU seconds (user + system) each component used while the command
+ran, and its share of the machine's capacity (cores x wall time). A process that lives less
+than one interval is missed, and one that exits loses at most an interval of its CPU: a lower
+bound, close for anything that runs for seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: str) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def _cmdline(pid: str) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _job_of(argv: list[str]) -> str | None:
+    """The jobs/<name>.py a Spark process (spark-submit's JVM or its Python driver) runs, and
+    who started it: Airflow runs the deployed copy of the code, the tests the checkout's."""
+    script = next((a for a in argv if a.endswith(".py") and "/jobs/" in a), None)
+    if script is None:
+        return None
+    who = "Airflow" if "/app/jobs/" in script else "the tests"
+    return f"spark job {Path(script).stem} (run by {who})"
+
+
+RULES: list[tuple[str, str]] = [  # (a part of the command line, component), first match wins
+    ("kafka.Kafka", "kafka broker"),
+    ("minio server", "minio"),
+    ("airflow scheduler", "airflow scheduler"),
+    ("airflow api-server", "airflow api-server"),
+    ("airflow dag-processor", "airflow dag-processor"),
+    ("airflow triggerer", "airflow triggerer"),
+    ("airflow worker", "airflow task processes"),
+    ("superset", "superset"),
+    ("gunicorn", "superset"),
+    ("-m producer", "producer"),
+    ("pytest", "pytest (tests' own code)"),
+    ("pyspark-shell", "tests' SparkSession JVM"),
+    ("supervisord", "supervisord"),
+    ("chrom", "chromium (dashboard test)"),
+]
+
+
+def component(argv: list[str]) -> str:
+    job = _job_of(argv)
+    if job:
+        return job
+    if argv and Path(argv[0]).name.split(":")[0] == "postgres":  # postgres titles its backends "postgres: ..."
+        return "postgresql"
+    line = " ".join(argv)
+    for part, name in RULES:
+        if part in line:
+            return name
+    return f"other: {Path(argv[0]).name}" if argv and argv[0] else "other"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples (default 0.5)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("command: give the command to run after --")
+    if args.interval <= 0:
+        parser.error("--interval must be above 0")
+
+    used: dict[str, float] = defaultdict(float)
+    seen: dict[str, tuple[float, str]] = {}  # pid -> (CPU seconds at the last sample, component)
+
+    def sample(first: bool) -> None:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            cpu = _cpu_seconds(pid)
+            if cpu is None:
+                continue
+            before = seen.get(pid)
+            if before is None:
+                name = component(_cmdline(pid))
+                # a process already running when we start counts from now; a new one from its start
+                seen[pid] = (cpu, name)
+                if not first:
+                    used[name] += cpu
+            else:
+                used[before[1]] += cpu - before[0]
+                seen[pid] = (cpu, before[1])
+
+    sample(first=True)
+    started = time.monotonic()
+    proc = subprocess.Popen(command)
+    while proc.poll() is None:
+        time.sleep(args.interval)  # a sampling period, not a wait for a condition
+        sample(first=False)
+    wall = time.monotonic() - started
+    capacity = wall * (os.cpu_count() or 1)
+    total = sum(used.values())
+    print(f"\ncpu_by_component: {' '.join(command)}: exit {proc.returncode}, {wall:.0f} s wall, "
+          f"{total:.0f} CPU s used of {capacity:.0f} ({100 * total / capacity:.0f} %)")
+    for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]):
+        if cpu >= 0.5:
+            print(f"  {cpu:8.1f} CPU s  {100 * cpu / capacity:5.1f} %  {name}")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
