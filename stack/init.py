@@ -167,10 +167,13 @@ def format_kafka_storage(s: StackSettings, java: str) -> bool:
 
 
 def kafka_ready(s: StackSettings) -> bool:
-    """Return whether the broker answers a metadata request on its internal listener."""
+    """Return whether the broker answers a metadata request on its internal listener, within
+    about 3 s: one probe is one try, the caller's wait_for polls (kafka-python's client would
+    otherwise keep trying to bootstrap for 30 s, waiting longer after each refusal)."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(**s.kafka_broker_kwargs(), request_timeout_ms=3000, client_id="stack-probe")
+    admin = KafkaAdminClient(**s.kafka_broker_kwargs(), request_timeout_ms=3000, bootstrap_timeout_ms=3000,
+                             client_id="stack-probe")
     try:
         admin.list_topics()
         return True

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 
 from common.env import ConfigError, Env, MissingSetting
-from common.kafka import ROLES, STREAM_GROUP_PREFIX, KafkaLogin
+from common.kafka import RECONNECT_BACKOFF_MAX_MS, ROLES, STREAM_GROUP_PREFIX, KafkaLogin
 from common.pipeline import DEFAULT_TOPIC, PipelineNames
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,11 @@ class KafkaSetup:
                    retention_hours=env.get_int("KAFKA_TOPIC_RETENTION_HOURS", 168),
                    adhoc_prefix=env.get("KAFKA_ADHOC_TOPIC_PREFIX", "iot.adhoc."))
 
-    def broker_kwargs(self) -> dict[str, str]:
+    def broker_kwargs(self) -> dict[str, str | int]:
         """Return kafka-python keywords for the broker's principal (a super user)."""
         return {"bootstrap_servers": self.bootstrap, "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-                "sasl_plain_username": BROKER_USER, "sasl_plain_password": self.broker_password}
+                "sasl_plain_username": BROKER_USER, "sasl_plain_password": self.broker_password,
+                "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS}
 
 
 def acls(setup: KafkaSetup) -> list:

@@ -234,7 +234,7 @@ class StackSettings:
                           users=self.kafka_users, topic=self.kafka_topic, partitions=self.kafka_partitions,
                           retention_hours=self.kafka_retention_hours, adhoc_prefix=self.kafka_adhoc_topic_prefix)
 
-    def kafka_broker_kwargs(self) -> dict[str, str]:
+    def kafka_broker_kwargs(self) -> dict[str, str | int]:
         """Return kafka-python keywords for the broker's own principal on its internal
         listener (SASL/PLAIN): the super user `make up` creates users and ACLs with."""
         return self.kafka_setup().broker_kwargs()
