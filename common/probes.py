@@ -38,7 +38,8 @@ def wait_for(
         try:
             if probe():
                 took = time.monotonic() - start
-                log.info("%s: after %.1f s", what, took)  # where a slow test's time went
+                # where a slow test's (or `make up`'s) time went; the quick ones only when debugging
+                log.log(logging.INFO if took >= 1.0 else logging.DEBUG, "waited %.1f s for %s", took, what)
                 return took
         except Exception as exc:  # a probe failing is the normal "not yet" answer
             last_error = f"{type(exc).__name__}: {exc}"
