@@ -33,6 +33,22 @@ class EventSink(Protocol):
         """Release the sink's resources."""
 
 
+def topic_is_unknown(login: KafkaLogin, topic: str) -> bool:
+    """Return whether the broker answers one metadata request for `topic` with "unknown topic".
+    The producer's own wait for a topic's metadata retries that answer until max_block_ms (15 s)
+    before it gives up; an authorisation refusal or anything else is left to that wait, which
+    reports it at once."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import UnknownTopicOrPartitionError
+
+    admin = KafkaAdminClient(**login.client_kwargs(), client_id="iot-producer-topic-check", request_timeout_ms=10_000)
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    return any(t.get("error_code") == UnknownTopicOrPartitionError.errno for t in described)
+
+
 class KafkaSink:
     """kafka-python producer: key = sensor_id, acks=all, idempotence, zstd, batched.
 
@@ -63,22 +79,30 @@ class KafkaSink:
             # How long send() may block on missing metadata or a full buffer before failing.
             "max_block_ms": max_block_ms,
         }
+        unreachable = (f"cannot reach Kafka at {login.bootstrap_servers} (--bootstrap-servers / "
+                       "KAFKA_BOOTSTRAP_SERVERS); is the stack up? `make up` starts it")
         try:
             self.producer = KafkaProducer(**login.client_kwargs(), client_id=client_id, **self.settings)
         except KafkaTimeoutError:  # kafka-python 3: "Unable to bootstrap from ..."
-            raise ConnectionError(
-                f"cannot reach Kafka at {login.bootstrap_servers} (--bootstrap-servers / "
-                "KAFKA_BOOTSTRAP_SERVERS); is the stack up? `make up` starts it") from None
+            raise ConnectionError(unreachable) from None
         except (SaslAuthenticationFailedError, UnsupportedSaslMechanismError) as exc:
             raise ConnectionError(f"Kafka refused the login of {login.user!r}: {exc} (KAFKA_PRODUCER_USER / "
                                   "KAFKA_PRODUCER_PASSWORD in .env)") from None
+        missing = "it does not exist (the broker does not auto-create topics; `make up` creates KAFKA_TOPIC)"
+        try:
+            unknown = topic_is_unknown(login, topic)  # at once, not after max_block_ms of retries
+        except KafkaTimeoutError:
+            self.producer.close(timeout=1)
+            raise ConnectionError(unreachable) from None
+        if unknown:
+            self.producer.close(timeout=1)
+            raise ConnectionError(f"topic {topic!r} has no metadata: {missing}")
         try:
             self.producer.partitions_for(topic)
         except KafkaTimeoutError:
             self.producer.close(timeout=1)
-            raise ConnectionError(
-                f"topic {topic!r} has no metadata after {max_block_ms / 1000:.0f}s: it does not exist "
-                "(the broker does not auto-create topics; `make up` creates KAFKA_TOPIC)") from None
+            waited = max_block_ms / 1000
+            raise ConnectionError(f"topic {topic!r} has no metadata after {waited:.0f}s: {missing}") from None
         except TopicAuthorizationFailedError:
             self.producer.close(timeout=1)
             raise ConnectionError(f"{login.user!r} may not write topic {topic!r}: the producer principal writes "
