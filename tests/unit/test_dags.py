@@ -152,12 +152,13 @@ def test_retention_waits_for_the_stream_to_maintain_the_lake(dagbag):
     assert [t.task_id for t in dag.get_task("wait_for_lake_maintenance").upstream_list] == ["request_lake_maintenance"]
 
 
-def test_dag_files_import_no_heavy_modules():
+def test_dag_files_import_no_heavy_modules(tmp_path):
     code = (f"import sys, runpy; sys.path.insert(0, {str(REPO)!r})\n"
             "for f in ('iot_stream', 'iot_aggregates', 'iot_retention'):\n"
             f"    runpy.run_path({str(DAGS)!r} + '/' + f + '.py')\n"
             "print(sorted(m for m in ('pyspark', 'pandas', 'delta', 'kafka', 'psycopg2') if m in sys.modules))")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    # none of the parent's Airflow settings; a home of its own (else Airflow makes ~/airflow)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}, "AIRFLOW_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
