@@ -27,13 +27,14 @@ from pathlib import Path
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: str) -> float | None:
+def _stat(pid: str) -> tuple[int, float] | None:
+    """Return (start time, CPU seconds used) of a process, or None if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return int(fields[19]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # starttime; utime + stime
 
 
 def _cmdline(pid: str) -> list[str]:
@@ -97,25 +98,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--interval must be above 0")
 
     used: dict[str, float] = defaultdict(float)
-    seen: dict[str, tuple[float, str]] = {}  # pid -> (CPU seconds at the last sample, component)
+    # (pid, start time): a pid the kernel reuses is another process -> (CPU seconds at the last sample, component)
+    seen: dict[tuple[str, int], tuple[float, str]] = {}
 
     def sample(first: bool) -> None:
         for pid in os.listdir("/proc"):
-            if not pid.isdigit():
+            if not pid.isdigit() or (stat := _stat(pid)) is None:
                 continue
-            cpu = _cpu_seconds(pid)
-            if cpu is None:
-                continue
-            before = seen.get(pid)
+            start, cpu = stat
+            before = seen.get((pid, start))
             if before is None:
                 name = component(_cmdline(pid))
                 # a process already running when we start counts from now; a new one from its start
-                seen[pid] = (cpu, name)
                 if not first:
                     used[name] += cpu
             else:
-                used[before[1]] += cpu - before[0]
-                seen[pid] = (cpu, before[1])
+                name = before[1]
+                used[name] += cpu - before[0]
+            seen[(pid, start)] = (cpu, name)
 
     sample(first=True)
     started = time.monotonic()

@@ -81,7 +81,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobs.reprocess")
 
 LOCK_KEY = "reprocess:{db}.{schema}"
-# the names it takes: the stream's (jobs/stream.py) but its checkpoint, which it never reads
 # the curated row's value columns: what an update may change (event_id is the key)
 VALUE_COLUMNS = tuple(c for c in CURATED_COLUMNS if c != "event_id")
 
