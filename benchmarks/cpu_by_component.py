@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples (default 0.5)")
+    parser.add_argument("--processes", type=Path, metavar="FILE",
+                        help="also write one line per process seen to FILE (tab-separated: component, pid, "
+                             "seconds from the start when first and last seen, CPU seconds), e.g. to see how "
+                             "long each Spark job lived and what it used")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -100,25 +104,29 @@ def main(argv: list[str] | None = None) -> int:
     used: dict[str, float] = defaultdict(float)
     # (pid, start time): a pid the kernel reuses is another process -> (CPU seconds at the last sample, component)
     seen: dict[tuple[str, int], tuple[float, str]] = {}
+    lives: dict[tuple[str, int], list[float]] = {}  # -> [first seen, last seen, CPU seconds used]
 
     def sample(first: bool) -> None:
+        now = time.monotonic() - started
         for pid in os.listdir("/proc"):
             if not pid.isdigit() or (stat := _stat(pid)) is None:
                 continue
             start, cpu = stat
             before = seen.get((pid, start))
+            life = lives.setdefault((pid, start), [now, now, 0.0])
             if before is None:
                 name = component(_cmdline(pid))
                 # a process already running when we start counts from now; a new one from its start
-                if not first:
-                    used[name] += cpu
+                delta = 0.0 if first else cpu
             else:
                 name = before[1]
-                used[name] += cpu - before[0]
+                delta = cpu - before[0]
+            used[name] += delta
+            life[1], life[2] = now, life[2] + delta
             seen[(pid, start)] = (cpu, name)
 
-    sample(first=True)
     started = time.monotonic()
+    sample(first=True)
     proc = subprocess.Popen(command)
     while proc.poll() is None:
         time.sleep(args.interval)  # a sampling period, not a wait for a condition
@@ -130,7 +138,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{total:.0f} CPU s used of {capacity:.0f} ({100 * total / capacity:.0f} %)")
     for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]):
         if cpu >= 0.5:
-            print(f"  {cpu:8.1f} CPU s  {100 * cpu / capacity:5.1f} %  {name}")
+            count = sum(1 for key, (_, owner) in seen.items() if owner == name and lives[key][2] > 0)
+            print(f"  {cpu:8.1f} CPU s  {100 * cpu / capacity:5.1f} %  {name} ({count} processes)")
+    if args.processes:
+        with args.processes.open("w") as out:
+            out.write("component\tpid\tfirst_seen_s\tlast_seen_s\tcpu_s\n")
+            for key, (first_seen, last_seen, cpu) in sorted(lives.items(), key=lambda kv: kv[1][0]):
+                if cpu > 0:
+                    out.write(f"{seen[key][1]}\t{key[0]}\t{first_seen:.1f}\t{last_seen:.1f}\t{cpu:.2f}\n")
     return proc.returncode
 
 

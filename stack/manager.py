@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from common.probes import NotReady, airflow_health, http_ok, port_open, wait_for
-from stack import deploy, init, install
+from stack import class_archive, deploy, init, install
 from stack.airflow_api import STREAM_DAGS, AirflowApi, AirflowApiError
 from stack.services import (
     AIRFLOW_PROGRAMS,
@@ -211,6 +211,13 @@ def _init_services(s: StackSettings, up: _Up) -> dict[str, float]:
     return {}
 
 
+def _class_archive(s: StackSettings, up: _Up) -> dict[str, float]:
+    """The Spark drivers' class archive, made once (stack/class_archive.py): the stream's first
+    driver, which Airflow starts next, already maps it."""
+    class_archive.ensure_archive(s, up.java)
+    return {}
+
+
 def _start_airflow(s: StackSettings, up: _Up) -> dict[str, float]:
     """Airflow's programs, probed through the api-server's health of each."""
     for name in AIRFLOW_PROGRAMS:
@@ -257,6 +264,7 @@ UP_PHASES = (
     ("configure", _configure),
     ("infra_start", _start_infra),
     ("init", _init_services),
+    ("spark_class_archive", _class_archive),
     ("airflow_start", _start_airflow),
     ("pipeline", _start_pipeline),
     ("superset", _start_dashboard),

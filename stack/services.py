@@ -287,6 +287,8 @@ def base_env(s: StackSettings) -> dict[str, str]:
         # where the Spark jobs find their jars, whoever they run as (common/env.py)
         "IOT_CACHE_DIR": str(s.cache_dir),
         "SPARK_CONF_DIR": str(s.spark_conf_dir),
+        # the drivers' class data sharing archive (stack/bin/spark/spark-submit, stack/class_archive.py)
+        "SPARK_CLASS_ARCHIVE": str(s.spark_class_archive),
         "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
         # Spark's web UI binds to SPARK_LOCAL_IP, else to every interface.
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),

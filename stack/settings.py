@@ -318,6 +318,12 @@ class StackSettings:
         return self.run_dir / "spark-conf" if self.service_user else self.home / "spark" / "conf"
 
     @property
+    def spark_class_archive(self) -> Path:
+        """Return the Spark drivers' class data sharing archive (stack/class_archive.py), beside
+        SPARK_CONF_DIR: stack/bin/stackctl finds it there."""
+        return self.spark_conf_dir.parent / "spark-class-archive" / "driver.jsa"
+
+    @property
     def pg_data(self) -> Path:
         """Return PostgreSQL's data directory.
 

@@ -203,6 +203,12 @@ def restore_stack(stack: StackSettings) -> None:
                        timeout=600)
 
 
+def maps_class_archive(stack: StackSettings, pid: int) -> bool:
+    """Return whether process `pid` (a driver's JVM) maps the stack's class data sharing
+    archive (stack/class_archive.py)."""
+    return str(stack.spark_class_archive) in Path(f"/proc/{pid}/maps").read_text()
+
+
 def producer_summary(log_path: Path) -> dict:
     """Return the producer's PRODUCER_SUMMARY line (its counts) from its log."""
     line = next(x for x in log_path.read_text().splitlines() if x.startswith("PRODUCER_SUMMARY "))

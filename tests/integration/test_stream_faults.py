@@ -19,6 +19,7 @@ from stack.init import kafka_ready
 from testkit.pipeline import (
     Pipeline,
     assert_landed_exactly,
+    maps_class_archive,
     producer_summary,
     restore_stack,
     start_producer,
@@ -64,6 +65,7 @@ def test_kill_9_of_the_driver_loses_and_duplicates_nothing(stack, lake, pipeline
             # the driver's JVM (stackctl execs into it) keeps its temporary files in a folder of its own
             folder = scratch / driver_folder_name(driver.pid)
             assert any(folder.glob("blockmgr-*")), sorted(scratch.iterdir())
+            assert maps_class_archive(stack, driver.pid)  # the JVM (stackctl execs into it)
             p.kill9(driver)
             kills.append(moment)
             killed_folders.append(folder)

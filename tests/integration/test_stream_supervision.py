@@ -25,6 +25,7 @@ from testkit.pipeline import (
     Pipeline,
     assert_landed_exactly,
     expected_from_seed,
+    maps_class_archive,
     producer_summary,
     restore_stack,
     start_producer,
@@ -113,6 +114,7 @@ def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pip
         first = drivers_of(p)
         assert len(first) == 2, [proc.cmdline()[:3] for proc in first]  # the JVM and the Python driver
         assert_job_gets_only_what_it_needs(stack, first)
+        assert [maps_class_archive(stack, proc.pid) for proc in first if proc.name() == "java"] == [True]
 
         batches = p.health_batches()
         for proc in first:
