@@ -319,9 +319,10 @@ class StackSettings:
 
     @property
     def spark_class_archive(self) -> Path:
-        """Return the Spark drivers' class data sharing archive (stack/class_archive.py), beside
-        SPARK_CONF_DIR: stack/bin/stackctl finds it there."""
-        return self.spark_conf_dir.parent / "spark-class-archive" / "driver.jsa"
+        """Return the Spark drivers' class data sharing archive (stack/class_archive.py). In the
+        cache, like the jars it is made from: a new stack on the same cache (a CI run's) maps
+        it without making it again. stack/bin/stackctl names it too."""
+        return self.cache_dir / "spark-class-archive" / "driver.jsa"
 
     @property
     def pg_data(self) -> Path:
