@@ -9,11 +9,12 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 import urllib.parse
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import boto3
@@ -105,6 +106,22 @@ class Pipeline:
         """Run the job with --available-now until it drains the topic and exits."""
         return subprocess.run(self.stream_args("--available-now", *extra), capture_output=True, text=True,
                               timeout=timeout, env=os.environ.copy())
+
+    def names(self) -> dict[str, str]:
+        """This pipeline's names, as the job's options take them (common.pipeline.NAME_OPTIONS)."""
+        return {"topic": self.topic, "checkpoint": self.path("checkpoint"), "bronze_path": self.path("bronze"),
+                "quarantine_path": self.path("quarantine"), "pg_schema": self.schema, "query_name": self.name}
+
+    def drain(self, spark) -> int:
+        """Run the stream's own code (jobs.stream.run) with --available-now's trigger in `spark`,
+        the tier's shared SparkSession, until it drains the topic; return its exit status. For a
+        test that needs the topic landed and is not about the job's process (its command line,
+        its start, a restart): run_once's driver costs a JVM's start, about 8 s."""
+        from jobs.stream import StreamSettings, run
+
+        settings = StreamSettings.from_env(Env())
+        settings = replace(settings, names=settings.names.own(self.names()))
+        return run(spark, settings, {"availableNow": True}, threading.Event())
 
     def start(self, log_path: Path, *extra: str) -> subprocess.Popen:
         """Start the long-running job in its own process group (so kill -9 takes all of it)."""

@@ -34,7 +34,7 @@ def table(p: Pipeline, name: str) -> list[tuple]:
     return p.query(f"select * from {{schema}}.{name} order by 1, 2")
 
 
-def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, dag_runner):
+def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, lake, pipeline, dag_runner):
     p = pipeline
     h0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
     stream = EventStream(Fleet(16, 21, "agg"), bad_rate=0.05)
@@ -75,8 +75,7 @@ def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, d
         e["status"][status_of(event["temperature_c"], event["humidity_pct"])] += 1
     assert {hour for hour, _ in expected} == {h0, h0 + timedelta(hours=1), h0 + timedelta(hours=2)}
 
-    result = p.run_once()  # the stream lands the topic in bronze (and commits its offsets)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert p.drain(lake) == 0  # the stream lands the topic in bronze (and commits its offsets)
 
     conf = {"bronze_path": p.path("bronze"), "pg_schema": p.schema, "topic": p.topic, "query_name": p.name,
             "recompute": "changed"}
@@ -129,7 +128,7 @@ def test_backfill_of_three_hours_then_a_rerun_changes_nothing(stack, pipeline, d
         pass
     late = json.loads(record.value)
     send_stamped(p, [(record.key, record.value, (h0 + timedelta(hours=3, minutes=30)).timestamp())])
-    assert p.run_once().returncode == 0
+    assert p.drain(lake) == 0
     readings_sql = "select hour_start_utc, city, readings from {schema}.sensor_readings_hourly_city"
     before = set(p.query(readings_sql))
     assert dag_runner.test("iot_aggregates", h0 + timedelta(hours=4), conf) == "success"
@@ -163,7 +162,7 @@ def test_a_window_with_no_bronze_table_or_no_rows_fails_and_keeps_the_aggregates
 
     # a real table with rows, but none in the window
     send_stamped(p, [(b"k", b"{}", (h + timedelta(hours=2)).timestamp())])
-    assert p.run_once().returncode == 0
+    assert p.drain(lake) == 0
     with pytest.raises(NothingToAggregate, match="no bronze rows in .* with Kafka timestamps"):
         compute(lake, dataclasses.replace(settings, bronze_path=p.path("bronze")))
 

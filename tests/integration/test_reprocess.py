@@ -58,7 +58,7 @@ def runs(p: Pipeline) -> list[tuple]:
 
 
 @pytest.mark.timeout(1200)
-def test_rebuild_rethreshold_and_resume_after_kill_9(stack, pipeline):
+def test_rebuild_rethreshold_and_resume_after_kill_9(stack, lake, pipeline):
     p = pipeline
     create_pipeline_schema(stack, p.schema, marts=True)  # the marts over the test's schema (removed with it)
     # 1. stream N records, bad ones and re-sent copies included
@@ -70,7 +70,7 @@ def test_rebuild_rethreshold_and_resume_after_kill_9(stack, pipeline):
     for r in records:
         if r.kind == VALID and r.event_id not in valid:
             valid[r.event_id] = json.loads(r.value)
-    assert p.run_once().returncode == 0
+    assert p.drain(lake) == 0
     before = curated(p)
     assert {str(row[0]) for row in before} == set(valid)
     assert {str(row[0]): row[6] for row in before} == {
@@ -163,7 +163,7 @@ def test_quarantine_decisions_are_handed_to_the_running_stream(stack, lake, pipe
     now = time.time()
     records = [stream.next_record(now - 300 + i * 0.25) for i in range(600)]
     send_stamped(p, [(r.key, r.value, now - 300 + i * 0.25) for i, r in enumerate(records)])
-    assert p.run_once().returncode == 0
+    assert p.drain(lake) == 0
     original = quarantined(lake, p)
     curated_before = curated(p)
     missing, wrong = original[0], original[1]
