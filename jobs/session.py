@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.env import Env
@@ -35,8 +38,37 @@ def build_spark(app_name: str, env: Env | None = None, master: str | None = None
                                    os.environ.get("SPARK_DRIVER_SCRATCH")))
     for key, value in conf.items():
         builder = builder.config(key, value)
-    with jvm_tmpdir(conf):
+    with jvm_tmpdir(conf), shared_classes(os.environ):
         return builder.getOrCreate()
+
+
+@contextmanager
+def shared_classes(environ: MutableMapping[str, str]) -> Iterator[None]:
+    """While a SparkSession of the project's class path is built in this process (not under
+    spark-submit, whose JVM already runs): the JVM PySpark starts maps its classes from the
+    stack's archive (SPARK_CLASS_ARCHIVE, stack/class_archive.py) as the stack's spark-submit
+    gives it to a driver (stack/bin/spark/spark-submit, which says why): the archive's empty
+    conf folder as SPARK_CONF_DIR, and SPARK_CONF_DIR's log4j2.properties by name. Nothing
+    when there is no archive; the session's settings are given here, not read from
+    spark-defaults.conf."""
+    archive = Path(environ.get("SPARK_CLASS_ARCHIVE") or "/nonexistent")
+    if not archive.is_file() or not (archive.parent / "conf").is_dir():
+        yield
+        return
+    saved = {name: environ.get(name) for name in ("SPARK_CONF_DIR", "SPARK_SUBMIT_OPTS")}
+    opts = [saved["SPARK_SUBMIT_OPTS"] or "", f"-XX:SharedArchiveFile={archive}"]
+    if saved["SPARK_CONF_DIR"] and (Path(saved["SPARK_CONF_DIR"]) / "log4j2.properties").is_file():
+        opts.append(f"-Dlog4j2.configurationFile={Path(saved['SPARK_CONF_DIR']) / 'log4j2.properties'}")
+    environ["SPARK_CONF_DIR"] = str(archive.parent / "conf")
+    environ["SPARK_SUBMIT_OPTS"] = " ".join(o for o in opts if o)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
 
 
 def pg_connect_kwargs(env: Env) -> dict:

@@ -108,3 +108,26 @@ def test_the_archive_is_made_again_when_a_jar_or_the_jdk_changes_and_only_then(s
     assert added not in (first, touched)
     Path(java).write_text('#!/bin/sh\necho \'openjdk version "17.0.18"\' >&2\n')
     assert inputs_digest(s, java) not in (first, touched, added)
+
+
+def test_a_session_built_from_python_gets_the_archive_as_spark_submit_gives_it_and_then_the_env_back(layout):
+    from jobs.session import shared_classes
+
+    layout.archive.write_bytes(b"archive")
+    (layout.conf / "log4j2.properties").write_text("rootLogger.level = warn\n")
+    environ = {"SPARK_CLASS_ARCHIVE": str(layout.archive), "SPARK_CONF_DIR": str(layout.conf)}
+    with shared_classes(environ):
+        assert environ["SPARK_CONF_DIR"] == str(layout.archive.parent / "conf")
+        assert environ["SPARK_SUBMIT_OPTS"] == (f"-XX:SharedArchiveFile={layout.archive} "
+                                                f"-Dlog4j2.configurationFile={layout.conf}/log4j2.properties")
+    assert environ == {"SPARK_CLASS_ARCHIVE": str(layout.archive), "SPARK_CONF_DIR": str(layout.conf)}
+
+
+def test_without_an_archive_a_session_built_from_python_starts_as_before(layout):
+    from jobs.session import shared_classes
+
+    environ = {"SPARK_CLASS_ARCHIVE": str(layout.archive), "SPARK_CONF_DIR": str(layout.conf)}
+    with shared_classes(environ):  # `make up` has not made it
+        assert environ == {"SPARK_CLASS_ARCHIVE": str(layout.archive), "SPARK_CONF_DIR": str(layout.conf)}
+    with shared_classes({}):
+        pass
