@@ -28,9 +28,15 @@ clean:  ## stop and delete all local data (download caches are kept)
 sql:  ## apply sql/*.sql again (idempotent)
 	$(STACKCTL) sql
 
-test:  ## the whole suite: the unit tier, then the integration tier (the tests that stop or kill a shared service last)
-	@# two processes: each tier builds its own SparkSession (the unit one has no jars)
-	$(PY) -m pytest tests/unit
+test:  ## the whole suite: the unit tier while `make up` runs, then the integration tier (the tests that stop or kill a shared service last)
+	@# The unit tier needs no service: it runs while `make up` starts (or checks, and updates
+	@# the code of) the stack, whose output follows the unit tier's. Two processes: each tier
+	@# builds its own SparkSession (the unit one has no jars).
+	@mkdir -p test-artifacts; $(STACKCTL) up > test-artifacts/make-up.log 2>&1 & up=$$!; \
+	$(PY) -m pytest tests/unit; unit=$$?; \
+	wait $$up; upped=$$?; echo "--- make up (test-artifacts/make-up.log):"; cat test-artifacts/make-up.log; \
+	if [ $$upped -ne 0 ]; then echo "make test: make up failed (exit $$upped), above" >&2; exit $$upped; fi; \
+	exit $$unit
 	$(PY) -m pytest --durations=10 tests/integration
 
 test-unit:  ## the fast tier only (no services)
