@@ -344,11 +344,24 @@ def test_heartbeat_file_is_touched_only_when_kafka_acknowledged_records(tmp_path
     (["--duration", "2.5", "--rate", "2000"], "| 3/3 s ["),   # whole seconds, the fraction rounded up
     (["--count", "3000", "--rate", "0"], "| 3000/3000 ["),
 ])
-def test_the_progress_bar_counts_whole_seconds_or_events(argv, shown, capsys):
+def test_the_progress_bar_counts_whole_seconds_or_events(argv, shown, capsys, monkeypatch):
     # it printed raw float seconds before ("221.86344115500015/540.0")
     from common.env import Env
     from producer.cli import Stopper, build_parser, run
 
+    class Clock:  # the run's clock: the pacer's sleeps move it, so the 2.5 s run takes no time
+        now = 1000.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+        def time(self) -> float:
+            return 1_795_000_000 + self.now
+
+        def sleep(self, seconds: float) -> None:
+            self.now += seconds
+
+    monkeypatch.setattr("producer.cli.time", Clock())
     args = build_parser(Env({})).parse_args(argv)
     stopper = Stopper()
     summary = run(args, _StopAfter(stopper, 10**9, True), EventStream(Fleet(5, 1, "pb")), stopper)
