@@ -20,8 +20,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from stack.services import scoped_env_file
-from stack.settings import REPO_ROOT, StackSettings
+from stack.services import base_env
+from stack.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +66,18 @@ def ensure_archive(s: StackSettings, java: str) -> bool:
         stale.unlink(missing_ok=True)  # drivers running keep the one they mapped
     made = folder / f"driver.jsa.{os.getpid()}.tmp"
     log_file = s.log_dir / "spark-class-archive.log"
-    env = {**os.environ,
-           "SPARK_CONF_DIR": str(s.spark_conf_dir), "SPARK_CLASS_ARCHIVE": str(archive),
-           "SPARK_SUBMIT_OPTS": f"-XX:ArchiveClassesAtExit={made}",
-           "IOT_ENV_FILE": str(scoped_env_file(s, "jobs")),  # the stream's login, not .env's root ones
-           "PYSPARK_PYTHON": str(s.venv / "bin" / "python"),
-           "PATH": f"{s.venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-           "PYTHONPATH": str(REPO_ROOT), "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+    # what the services' drivers run with (the deployed code, the jobs' env file with the stream's
+    # login), but the scratch folder of drivers this user starts (as root the services' is theirs)
+    env = {**os.environ, **base_env(s), "SPARK_SUBMIT_OPTS": f"-XX:ArchiveClassesAtExit={made}",
            "SPARK_SCRATCH_DIR": str(s.scratch_dirs["stackctl"])}
-    command = [str(REPO_ROOT / "stack" / "bin" / "spark" / "spark-submit"), "--master", "local[2]",
-               str(REPO_ROOT / "jobs" / "class_archive.py"),
+    command = [str(s.app / "stack" / "bin" / "spark" / "spark-submit"), "--master", "local[2]",
+               str(s.app / "jobs" / "class_archive.py"),
                "--path", f"s3a://{s.bucket}/_class-archive/{uuid.uuid4().hex[:12]}"]
     log.info("making the Spark drivers' class archive (once; about 30 s): output in %s", log_file)
     try:
         with log_file.open("w") as out:
             exit_code = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT_S,
-                                       cwd=REPO_ROOT).returncode
+                                       cwd=s.app).returncode
     except subprocess.TimeoutExpired:
         exit_code = f"none: still running after {TIMEOUT_S} s"
     if exit_code != 0 or not made.is_file():

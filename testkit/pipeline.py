@@ -24,6 +24,7 @@ from kafka.admin import NewTopic
 
 from common.env import REPO_ROOT, Env
 from common.jvm import stream_driver_java_options
+from common.pipeline import NAME_OPTIONS
 from common.postgres import open_connection
 from producer.bad_events import BAD_CATEGORIES
 from producer.simulation import AnomalyRates, Fleet
@@ -98,9 +99,8 @@ class Pipeline:
     def stream_args(self, *extra: str) -> list[str]:
         """The stream's spark-submit, with the driver's options the iot_stream DAG gives it."""
         conf = {"spark.driver.extraJavaOptions": stream_driver_java_options(Env())}
-        return [*self.submit_args("stream", conf=conf), "--topic", self.topic, "--pg-schema", self.schema,
-                "--checkpoint", self.path("checkpoint"), "--bronze-path", self.path("bronze"),
-                "--quarantine-path", self.path("quarantine"), "--query-name", self.name, *extra]
+        names = [arg for key, value in self.names().items() for arg in (NAME_OPTIONS[key], value)]
+        return [*self.submit_args("stream", conf=conf), *names, *extra]
 
     def run_once(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """Run the job with --available-now until it drains the topic and exits."""
