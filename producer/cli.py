@@ -347,6 +347,22 @@ def run(args: argparse.Namespace, sink: EventSink, stream: EventStream, stopper:
     return summary(sink, stream, stopper, args, fatal, flushed, send_s, total_s)
 
 
+def write_line(text: str) -> None:
+    """Write `text` as one whole line to stderr. kafka-python's I/O thread may be logging there
+    meanwhile (a batch split and retried): print writes a text and its newline apart, and a log
+    line landed between them (PRODUCER_SUMMARY {...}<log line>). One write, under the log
+    handlers' locks, cannot be split."""
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.acquire()
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    finally:
+        for handler in reversed(handlers):
+            handler.release()
+
+
 def summary(sink: EventSink, stream: EventStream, stopper: Stopper, args: argparse.Namespace, fatal: str | None,
             flushed: bool, send_s: float, total_s: float) -> dict:
     """The run's figures, printed as PRODUCER_SUMMARY."""
@@ -417,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(args, sink, stream, stopper)
     finally:
         sink.close()
-    print("PRODUCER_SUMMARY " + json.dumps(summary, sort_keys=True), file=sys.stderr, flush=True)
+    write_line("PRODUCER_SUMMARY " + json.dumps(summary, sort_keys=True))
     if summary["failed"] or summary["unconfirmed"] or not summary["flushed"] or summary["fatal"]:
         log.error("%d of %d records failed delivery, %d unconfirmed (flushed=%s)", summary["failed"],
                   summary["sent"], summary["unconfirmed"], summary["flushed"])

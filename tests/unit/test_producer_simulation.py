@@ -411,3 +411,34 @@ def test_absurd_producer_defaults_from_the_environment_are_refused_too(monkeypat
         main(["--dry-run", "--count", "1"])
     assert exited.value.code == 2
     assert "--rate must be a finite number, got 'nan'" in capsys.readouterr().err
+
+
+def test_the_summary_line_is_one_write_under_the_log_handlers_locks(monkeypatch):
+    """A log line from kafka-python's I/O thread once landed between PRODUCER_SUMMARY's text and
+    its newline: the line goes out in one write while no handler can write."""
+    import logging
+
+    from producer.cli import write_line
+
+    events = []
+
+    class Handler(logging.Handler):
+        def acquire(self):
+            events.append("acquire")
+
+        def release(self):
+            events.append("release")
+
+    class Stderr:
+        def write(self, text):
+            events.append(("write", text))
+
+        def flush(self):
+            events.append("flush")
+
+    handler = Handler()
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    monkeypatch.setattr("sys.stderr", Stderr())
+    write_line('PRODUCER_SUMMARY {"acked": 3}')
+    assert events == ["acquire", ("write", 'PRODUCER_SUMMARY {"acked": 3}\n'), "flush", "release"]
