@@ -137,7 +137,7 @@ def sweep_scratch(s: StackSettings) -> int:
 
 # ---- Kafka ---------------------------------------------------------------------------------
 
-def kafka_properties(s: StackSettings) -> str:
+def kafka_properties(s: StackSettings, log_dir: Path | None = None) -> str:
     """Return server.properties for one combined KRaft broker+controller on loopback, with
     authentication on every listener and ACLs (StandardAuthorizer, deny when no ACL matches).
 
@@ -148,7 +148,8 @@ def kafka_properties(s: StackSettings) -> str:
       on a cluster formatted before authentication existed.
     - CONTROLLER (KAFKA_CONTROLLER_PORT): SASL/PLAIN, the same static user (KRaft controllers
       cannot take SCRAM: its credentials are in the metadata they serve).
-    The file holds the broker's password: it is written mode 600 (write_private)."""
+    The file holds the broker's password: it is written mode 600 (write_private). The data
+    lives in `log_dir` (default: the stack's state folder's kafka/data)."""
     plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
              f'username="{KAFKA_BROKER_USER}" password="{s.kafka_broker_password}" '
              f'user_{KAFKA_BROKER_USER}="{s.kafka_broker_password}";')
@@ -173,7 +174,7 @@ sasl.mechanism.controller.protocol=PLAIN
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:{KAFKA_BROKER_USER};User:{admin_user}
 allow.everyone.if.no.acl.found=false
-log.dirs={s.state / "kafka" / "data"}
+log.dirs={log_dir or s.state / "kafka" / "data"}
 num.partitions=1
 # Topics are created on purpose (by `make up` and by tests), never by a typo.
 auto.create.topics.enable=false

@@ -31,6 +31,7 @@ from producer.simulation import AnomalyRates, Fleet
 from producer.stream import VALID, EventStream
 from stack.init import mc_root_env
 from stack.settings import StackSettings
+from testkit.own_services import OwnBroker, OwnObjectStore
 from testkit.schemas import create_pipeline_schema, drop_pipeline_schema
 
 REPO = REPO_ROOT
@@ -45,6 +46,22 @@ class Pipeline:
     partitions: int = 3
     topic_configs: dict = field(default_factory=dict)
     master: str = "local[2]"  # or a standalone cluster's spark://127.0.0.1:7077
+    # an object store or a broker of the test's own (testkit.own_services) instead of the stack's
+    store: OwnObjectStore | None = None
+    broker: OwnBroker | None = None
+
+    @property
+    def kafka(self) -> StackSettings:
+        """The settings whose broker holds the topic: the stack's, or its own broker's."""
+        return self.broker.settings if self.broker else self.stack
+
+    def env(self) -> dict[str, str]:
+        """The environment of the job's driver: this process's, on the pipeline's broker."""
+        return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.kafka.kafka_bootstrap}
+
+    @property
+    def bucket(self) -> str:
+        return self.store.bucket if self.store else self.stack.bucket
 
     @property
     def topic(self) -> str:
@@ -60,10 +77,10 @@ class Pipeline:
         return f"tests/{self.name}"
 
     def path(self, what: str) -> str:
-        return f"s3a://{self.stack.bucket}/{self.prefix}/{what}"
+        return f"s3a://{self.bucket}/{self.prefix}/{what}"
 
     def create(self) -> Pipeline:
-        admin = KafkaAdminClient(**self.stack.kafka_login("admin").client_kwargs())
+        admin = KafkaAdminClient(**self.kafka.kafka_login("admin").client_kwargs())
         admin.create_topics([NewTopic(self.topic, num_partitions=self.partitions, replication_factor=1,
                                       topic_configs=self.topic_configs)])
         admin.close()
@@ -71,19 +88,20 @@ class Pipeline:
         return self
 
     def destroy(self) -> None:
-        admin = KafkaAdminClient(**self.stack.kafka_login("admin").client_kwargs())
+        admin = KafkaAdminClient(**self.kafka.kafka_login("admin").client_kwargs())
         admin.delete_topics([self.topic])
         admin.close()
         drop_pipeline_schema(self.stack, self.schema)
         s3 = self.s3()
         paginator = s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.stack.bucket, Prefix=self.prefix + "/"):
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "/"):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
-                s3.delete_objects(Bucket=self.stack.bucket, Delete={"Objects": keys})
+                s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
 
     def s3(self):
-        return boto3.client("s3", endpoint_url=self.stack.s3_endpoint, region_name=self.stack.s3_region,
+        endpoint = self.store.endpoint if self.store else self.stack.s3_endpoint
+        return boto3.client("s3", endpoint_url=endpoint, region_name=self.stack.s3_region,
                             aws_access_key_id=self.stack.s3_access_key,
                             aws_secret_access_key=self.stack.s3_secret_key,
                             config=Config(s3={"addressing_style": "path"}))
@@ -91,8 +109,10 @@ class Pipeline:
     # ---- running the job ---------------------------------------------------------------------
 
     def submit_args(self, job: str, *args: str, conf: dict[str, str] | None = None) -> list[str]:
-        """`stackctl spark-submit` of jobs/<job>.py on this pipeline's master, with `conf`."""
-        confs = [f"--conf={key}={value}" for key, value in (conf or {}).items()]
+        """`stackctl spark-submit` of jobs/<job>.py on this pipeline's master, with `conf` (and the
+        per-bucket endpoint of the pipeline's own object store, if it has one)."""
+        conf = {**(self.store.spark_conf() if self.store else {}), **(conf or {})}
+        confs = [f"--conf={key}={value}" for key, value in conf.items()]
         return [str(REPO / "stack" / "bin" / "stackctl"), "spark-submit", "--master", self.master, *confs,
                 str(REPO / "jobs" / f"{job}.py"), *args]
 
@@ -105,7 +125,7 @@ class Pipeline:
     def run_once(self, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """Run the job with --available-now until it drains the topic and exits."""
         return subprocess.run(self.stream_args("--available-now", *extra), capture_output=True, text=True,
-                              timeout=timeout, env=os.environ.copy())
+                              timeout=timeout, env=self.env())
 
     def names(self) -> dict[str, str]:
         """This pipeline's names, as the job's options take them (common.pipeline.NAME_OPTIONS)."""
@@ -119,7 +139,8 @@ class Pipeline:
         its start, a restart): run_once's driver costs a JVM's start, about 8 s."""
         from jobs.stream import StreamSettings, run
 
-        settings = StreamSettings.from_env(Env())
+        on_broker = {**Env().as_dict(), "KAFKA_BOOTSTRAP_SERVERS": self.kafka.kafka_bootstrap}
+        settings = StreamSettings.from_env(Env(on_broker))
         settings = replace(settings, names=settings.names.own(self.names()))
         return run(spark, settings, {"availableNow": True}, threading.Event())
 
@@ -127,7 +148,7 @@ class Pipeline:
         """Start the long-running job in its own process group (so kill -9 takes all of it)."""
         log = log_path.open("ab")
         return subprocess.Popen(self.stream_args(*extra), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=os.environ.copy())
+                                start_new_session=True, env=self.env())
 
     @staticmethod
     def stop(proc: subprocess.Popen, timeout: float = 180) -> int:
@@ -175,7 +196,7 @@ class Pipeline:
 
     def bronze_commits(self) -> int:
         """Return how many commits bronze's Delta log holds (0 before the table exists)."""
-        listed = self.s3().list_objects_v2(Bucket=self.stack.bucket, Prefix=f"{self.prefix}/bronze/_delta_log/")
+        listed = self.s3().list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}/bronze/_delta_log/")
         return sum(1 for o in listed.get("Contents", []) if o["Key"].endswith(".json"))
 
 
@@ -204,9 +225,10 @@ def expected_from_seed(count: int, seed: int, sensors: int, bad_rate: float) -> 
 def producer_env(stack: StackSettings) -> dict[str, str]:
     """Return the environment of a producer a test starts: tests write topics of their own,
     which only the admin may write (the pipeline's producer principal writes KAFKA_TOPIC only,
-    test_kafka_acls.py), so it logs in as the admin."""
+    test_kafka_acls.py), so it logs in as the admin, to `stack`'s broker."""
     user, password = stack.kafka_users["admin"]
-    return {**os.environ, "KAFKA_PRODUCER_USER": user, "KAFKA_PRODUCER_PASSWORD": password}
+    return {**os.environ, "KAFKA_PRODUCER_USER": user, "KAFKA_PRODUCER_PASSWORD": password,
+            "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap}
 
 
 def restore_stack(stack: StackSettings) -> None:
@@ -246,7 +268,7 @@ def topic_records(pipeline: Pipeline) -> int:
     """Return how many records the pipeline's topic holds (the sum of its end offsets)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(**pipeline.stack.kafka_login("admin").client_kwargs(), request_timeout_ms=10_000)
+    consumer = KafkaConsumer(**pipeline.kafka.kafka_login("admin").client_kwargs(), request_timeout_ms=10_000)
     try:
         ends = consumer.end_offsets([TopicPartition(pipeline.topic, i) for i in range(pipeline.partitions)])
         return sum(ends.values())
@@ -279,14 +301,14 @@ def start_producer(pipeline: Pipeline, log_path: Path, *args: str) -> subprocess
     return subprocess.Popen(
         [str(REPO / "stack" / "bin" / "stackctl"), "python", "-m", "producer", "--topic", pipeline.topic,
          "--no-progress", *args], stdout=subprocess.DEVNULL, stderr=log_path.open("ab"),
-        env=producer_env(pipeline.stack))
+        env=producer_env(pipeline.kafka))
 
 
 def send_stamped(pipeline: Pipeline, stamped: list[tuple[bytes, bytes, float]]) -> None:
     """Send (key, value, Kafka timestamp in epoch seconds) records, acks=all; every one acked."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(**pipeline.stack.kafka_login("admin").client_kwargs(), acks="all", linger_ms=20)
+    producer = KafkaProducer(**pipeline.kafka.kafka_login("admin").client_kwargs(), acks="all", linger_ms=20)
     futures = [producer.send(pipeline.topic, key=key, value=value, timestamp_ms=int(ts * 1000))
                for key, value, ts in stamped]
     producer.flush(60)
@@ -309,7 +331,7 @@ class S3Trace:
 
     def _mark(self, name: str) -> str:
         key = f"{self.pipeline.prefix}/trace-marks/{name}"
-        self.pipeline.s3().put_object(Bucket=self.pipeline.stack.bucket, Key=key, Body=b"")
+        self.pipeline.s3().put_object(Bucket=self.pipeline.bucket, Key=key, Body=b"")
         return key
 
     def _read_until(self, key: str, timeout_s: float = 60) -> list[dict]:

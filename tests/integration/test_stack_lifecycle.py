@@ -1,10 +1,13 @@
-"""`make up` twice is harmless, and data survives `make down` / `make up`.
+"""`make up` twice is harmless, and data survives `make down` / `make up`; a service that dies
+is restarted by the stack's supervisord.
 
-Runs last in the integration tier (see conftest.py): it stops and restarts the shared stack.
+Runs last in the integration tier (see conftest.py): it kills, stops and restarts the shared stack.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 
 import boto3
@@ -14,7 +17,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from common.postgres import connection
+from common.probes import wait_for
 from stack import manager
+from stack.init import kafka_ready
+from testkit.pipeline import restore_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
@@ -22,6 +28,38 @@ pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 def _stackctl(stack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(stack.repo / "stack" / "bin" / "stackctl"), *args],
                           capture_output=True, text=True, timeout=600)
+
+
+def test_a_sigkilled_broker_is_restarted_and_serves_what_it_acknowledged(stack, unique_name):
+    """supervisord restarts the stack's broker after a SIGKILL (autorestart), and the broker
+    still holds an acknowledged record. (What a stream does through a broker's crashes:
+    test_stream_faults.py, on a broker of that test's own.)"""
+    topic = unique_name("killed")
+    admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(**stack.kafka_login("admin").client_kwargs(), acks="all")
+    producer.send(topic, b"acknowledged").get(timeout=30)
+    producer.close()
+    sup = manager.Supervisor(stack)
+    try:
+        pid = sup.info("kafka")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for("the broker restarted", lambda: sup.info("kafka")["pid"] not in (0, pid), 120)
+        wait_for("the broker to answer", lambda: kafka_ready(stack), 180)
+        assert sup.info("kafka")["statename"] == "RUNNING"
+        consumer = KafkaConsumer(**stack.kafka_login("admin").client_kwargs(), enable_auto_commit=False)
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        records = consumer.poll(timeout_ms=10_000, max_records=10)
+        consumer.close()
+        assert [r.value for r in records.get(tp, [])] == [b"acknowledged"]
+    finally:
+        restore_stack(stack)  # had the broker not come back
+        admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
+        admin.delete_topics([topic])
+        admin.close()
 
 
 def test_second_up_is_harmless_and_data_survives_down_and_up(stack, unique_name):

@@ -2,26 +2,30 @@
 mid-stream, the Kafka broker SIGKILLed three times while the producer sends (PostgreSQL stopped
 mid-stream: test_stream_supervision.py, where one outage serves a driver run by hand and an
 Airflow-supervised one). Nothing acknowledged may be lost or duplicated. Bounded in count and time;
-every target is on loopback."""
+every target is on loopback.
+
+The object store and the broker that stop are a MinIO and a broker of the test's own
+(testkit.own_services: the stack's binaries, configuration and logins, on other loopback ports),
+so no other test, nor the running pipeline, loses its own: `make test` runs those two tests
+(marked `beside`) in a second pytest process beside the rest of the tier."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import signal
+import uuid
 from pathlib import Path
 
 import pytest
 
-from common.probes import http_ok, wait_for
+from common.probes import wait_for
 from jobs.scratch import driver_folder_name
-from stack import manager
-from stack.init import kafka_ready
+from testkit.own_services import OwnBroker, OwnObjectStore
 from testkit.pipeline import (
     Pipeline,
     assert_landed_exactly,
     maps_class_archive,
     producer_summary,
-    restore_stack,
     start_producer,
     stop_producer,
     topic_records,
@@ -105,27 +109,52 @@ def grows_by(p: Pipeline, records: int):
 RATE = 150  # events/s of the fault tests' producer
 
 
-@pytest.mark.exclusive
+@pytest.fixture
+def own_store_pipeline(stack, lake):
+    """A pipeline of the test's own whose bucket is on a MinIO of the test's own
+    (testkit.own_services): stopping it stops no other test's (nor the running pipeline's)
+    object store. The tier's session reaches the bucket through S3A's per-bucket endpoint."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    with OwnObjectStore(stack, f"faults-{name}") as store:
+        hadoop = lake.sparkContext._jsc.hadoopConfiguration()
+        keys = {key.removeprefix("spark.hadoop."): value for key, value in store.spark_conf().items()}
+        for key, value in keys.items():
+            hadoop.set(key, value)
+        p = Pipeline(stack, name=name, store=store).create()
+        try:
+            yield p
+        finally:
+            try:
+                p.destroy()
+            finally:
+                for key in keys:
+                    hadoop.unset(key)
+
+
+@pytest.mark.beside
 @pytest.mark.timeout(1200)
-def test_object_store_stopped_for_60_s_loses_and_duplicates_nothing(stack, lake, pipeline, tmp_path):
-    p = pipeline
+def test_object_store_stopped_for_60_s_loses_and_duplicates_nothing(stack, lake, own_store_pipeline, tmp_path):
+    p = own_store_pipeline
+    store = p.store
     producer_log = tmp_path / "producer.log"
     producer = start_producer(p, producer_log, "--rate", str(RATE), "--seed", str(SEED),
                               "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
-    sup = manager.Supervisor(stack)
-    minio_ready = f"http://127.0.0.1:{stack.minio_port}/minio/health/ready"
     driver_log = tmp_path / "driver.log"
     driver = p.start(driver_log, "--trigger-seconds", "1")
     try:
         wait_for("two committed batches", lambda: p.health_batches() >= 2, 480)
-        sup.stop("minio")
+        # the stream's files are on the test's MinIO (its checkpoint's metadata: head_object
+        # raises if absent), none on the stack's
+        p.s3().head_object(Bucket=p.bucket, Key=f"{p.prefix}/checkpoint/metadata")
+        on_stacks = dataclasses.replace(p, store=None).s3().list_objects_v2(Bucket=stack.bucket, Prefix=p.prefix)
+        assert on_stacks["KeyCount"] == 0
+        store.stop()
         try:
             # down while the producer sends 60 s of records (its pacing is the clock)
             wait_for("60 s of records sent while the object store is down", grows_by(p, RATE * 60), 240)
-            assert not http_ok(minio_ready)
+            assert not store.ready()
         finally:
-            sup.start("minio")
-            wait_for("MinIO back", lambda: http_ok(minio_ready), 120)
+            store.start()  # and waits until it serves
         wait_for("10 s more of records", grows_by(p, RATE * 10), 120)
         count = stop_producer(producer, producer_log)
     finally:
@@ -138,25 +167,36 @@ def test_object_store_stopped_for_60_s_loses_and_duplicates_nothing(stack, lake,
     assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
 
 
-@pytest.mark.exclusive
+@pytest.fixture
+def own_broker_pipeline(stack):
+    """A pipeline of the test's own whose topic is on a Kafka broker of the test's own
+    (testkit.own_services), set up as the stack's (SCRAM users, ACLs): killing it kills no
+    other test's (nor the running pipeline's) broker."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    with OwnBroker(stack, name) as broker:
+        p = Pipeline(stack, name=name, broker=broker).create()
+        try:
+            yield p
+        finally:
+            p.destroy()
+
+
+@pytest.mark.beside
 @pytest.mark.timeout(1200)
-def test_broker_sigkilled_three_times_while_the_producer_sends(stack, lake, pipeline, tmp_path):
-    p = pipeline
+def test_broker_sigkilled_three_times_while_the_producer_sends(stack, lake, own_broker_pipeline, tmp_path):
+    p = own_broker_pipeline
+    broker = p.broker
     producer_log = tmp_path / "producer.log"
     producer = start_producer(p, producer_log, "--rate", str(RATE), "--seed", str(SEED),
                               "--sensors", str(SENSORS), "--bad-rate", str(BAD_RATE))
-    sup = manager.Supervisor(stack)
     driver = p.start(tmp_path / "driver.log", "--trigger-seconds", "1")
     killed = []
     try:
         wait_for("a committed batch", lambda: p.health_batches() >= 1, 480)
         for _ in range(3):
             wait_for("10 s of records", grows_by(p, RATE * 10), 240)
-            pid = sup.info("kafka")["pid"]
-            os.kill(pid, signal.SIGKILL)  # supervisord restarts it (autorestart)
-            killed.append(pid)
-            wait_for("the broker restarted", lambda k=pid: sup.info("kafka")["pid"] not in (0, k), 120)
-            wait_for("the broker to answer", lambda: kafka_ready(stack), 180)
+            killed.append(broker.kill())  # SIGKILL; then started again, as supervisord does
+            broker.start()  # and waits until it answers
         wait_for("10 s more of records", grows_by(p, RATE * 10), 240)
         count = stop_producer(producer, producer_log)
     finally:
@@ -168,10 +208,3 @@ def test_broker_sigkilled_three_times_while_the_producer_sends(stack, lake, pipe
     result = p.run_once()
     assert result.returncode == 0, result.stderr[-4000:]
     assert_landed_exactly(p, lake, count, SEED, SENSORS, BAD_RATE)
-
-
-@pytest.fixture(autouse=True)
-def _restore_stack(stack):
-    """A fault test may leave a service stopped or a program FATAL: bring the stack back."""
-    yield
-    restore_stack(stack)
