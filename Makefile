@@ -28,16 +28,9 @@ clean:  ## stop and delete all local data (download caches are kept)
 sql:  ## apply sql/*.sql again (idempotent)
 	$(STACKCTL) sql
 
-test:  ## the whole suite: the unit tier while `make up` runs, then the integration tier (make test-integration)
-	@# The unit tier needs no service: it runs while `make up` starts (or checks, and updates
-	@# the code of) the stack, whose output follows the unit tier's. Two processes: each tier
-	@# builds its own SparkSession (the unit one has no jars).
-	@mkdir -p test-artifacts; $(STACKCTL) up > test-artifacts/make-up.log 2>&1 & up=$$!; \
-	$(PY) -m pytest tests/unit; unit=$$?; \
-	wait $$up; upped=$$?; echo "--- make up (test-artifacts/make-up.log):"; cat test-artifacts/make-up.log; \
-	if [ $$upped -ne 0 ]; then echo "make test: make up failed (exit $$upped), above" >&2; exit $$upped; fi; \
-	exit $$unit
-	@$(MAKE) --no-print-directory test-integration
+test:  ## the whole suite: `make up`, then the integration tier (make test-integration) with the unit tier beside its last part
+	$(STACKCTL) up
+	@$(MAKE) --no-print-directory test-integration UNIT_BESIDE=1
 
 test-unit:  ## the fast tier only (no services)
 	$(PY) -m pytest tests/unit
@@ -47,18 +40,22 @@ test-fast:  ## the inner loop: the unit tier, then the stream's end-to-end test 
 	$(PY) -m pytest "tests/integration/test_stream.py::test_end_to_end_then_replay_with_new_offsets[local]"
 
 test-integration:  ## the tiers that need the running stack (started if down): three pytest runs, see docs/tests.md
-	@# 1. the tests marked `beside` (fault tests on a MinIO or a broker of their own, idle for
-	@#    most of their fault's window) in a second process, beside 2. every other test but the
-	@#    `exclusive` ones; then 3. the `exclusive` ones (they stop the stack's own services), alone.
-	@# The second process's output (test-artifacts/integration-beside.log) follows the first's.
+	@# 1. the tests marked `beside` (they stop only a service of their own, or use an Airflow DAG
+	@#    no other test does, and mostly wait) in a second process, beside 2. every other test
+	@#    but the `exclusive` ones; then 3. the `exclusive` ones (they stop the stack's own
+	@#    services), alone; with UNIT_BESIDE=1 (make test) the unit tier, which needs no service,
+	@#    runs beside them. A second process's output (test-artifacts/*.log) follows the first's.
 	@mkdir -p test-artifacts; \
 	$(PY) -m pytest --durations=5 -m beside tests/integration > test-artifacts/integration-beside.log 2>&1 & beside=$$!; \
 	$(PY) -m pytest --durations=10 -m "not beside and not exclusive" tests/integration; rest=$$?; \
 	wait $$beside; besides=$$?; echo "--- the tests marked beside (test-artifacts/integration-beside.log):"; \
 	cat test-artifacts/integration-beside.log; \
+	unit=0; if [ -n "$(UNIT_BESIDE)" ]; then $(PY) -m pytest tests/unit > test-artifacts/unit.log 2>&1 & unit=$$!; fi; \
 	$(PY) -m pytest --durations=5 -m exclusive tests/integration; exclusive=$$?; \
-	for tier in "rest $$rest" "beside $$besides" "exclusive $$exclusive"; do set -- $$tier; \
-	  if [ $$2 -ne 0 ]; then echo "make test-integration: the $$1 tests failed (pytest exit $$2), above" >&2; failed=1; fi; done; \
+	if [ $$unit -ne 0 ]; then wait $$unit; unit=$$?; echo "--- the unit tier (test-artifacts/unit.log):"; \
+	  cat test-artifacts/unit.log; fi; \
+	for tier in "rest $$rest" "beside $$besides" "exclusive $$exclusive" "unit $$unit"; do set -- $$tier; \
+	  if [ $$2 -ne 0 ]; then echo "make test: the $$1 tests failed (pytest exit $$2), above" >&2; failed=1; fi; done; \
 	exit $${failed:-0}
 
 lint:  ## ruff

@@ -102,6 +102,9 @@ def checkpoint_batches(p: Pipeline, what: str) -> set[int]:
     return {int(k[len(prefix):]) for k in keys if k[len(prefix):].isdigit()}
 
 
+# beside the other tests (make test-integration): no other test uses the ad hoc DAG but the
+# PostgreSQL outage's, which is exclusive, and most of this one is waiting for the scheduler
+@pytest.mark.beside
 @pytest.mark.timeout(900)
 def test_airflow_resubmits_a_killed_driver_and_stops_it_cleanly(stack, lake, pipeline, tmp_path):
     p = pipeline
