@@ -338,7 +338,8 @@ def stream_driver_processes(s: StackSettings) -> list[psutil.Process]:
 def stop_streams(s: StackSettings, timeout_s: float = 150) -> int:
     """Stop the stream DAGs' drivers cleanly before Airflow goes down: pause iot_stream, mark
     running stream tasks success (their on_kill lets the micro-batch finish), wait for the
-    drivers to exit; return how many driver processes had to be killed."""
+    drivers to exit (up to `timeout_s`; 0: kill them at once); return how many driver
+    processes had to be killed."""
     api = airflow_api(s)
     try:
         api.set_paused("iot_stream", True)
@@ -356,19 +357,24 @@ def stop_streams(s: StackSettings, timeout_s: float = 150) -> int:
     except NotReady:
         left = stream_driver_processes(s)
         for proc in left:
-            proc.kill()
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:  # it exited meanwhile: what was asked
+                pass
+        psutil.wait_procs(left, timeout=30)  # gone before their scratch folders are swept
         return len(left)
 
 
-def down(s: StackSettings) -> bool:
+def down(s: StackSettings, drain_s: float = 150) -> bool:
     """Stop every service and supervisord; return False when nothing was running.
-    A running stream is stopped cleanly first (see stop_streams)."""
+    A running stream is stopped cleanly first, its micro-batch finished within `drain_s`
+    (see stop_streams; 0: its drivers killed, for `clean`, which deletes what they wrote)."""
     sup = Supervisor(s)
     if not sup.running():
         return False
     if sup.info("airflow-api-server")["statename"] == "RUNNING" and stream_driver_processes(s):
-        killed = stop_streams(s)
-        if killed:
+        killed = stop_streams(s, drain_s)
+        if killed and drain_s:
             log.warning("%d stream driver process(es) did not stop in time and were killed", killed)
     sup.shutdown()
     sweep_scratch(s)  # every service's driver is gone now
@@ -394,8 +400,9 @@ def status(s: StackSettings) -> list[dict[str, str]]:
 
 
 def clean(s: StackSettings) -> list[Path]:
-    """Stop the stack and delete its data (STACK_HOME and PostgreSQL's data); keep caches."""
-    down(s)
+    """Stop the stack and delete its data (STACK_HOME and PostgreSQL's data); keep caches.
+    The stream's drivers are killed, not drained: their micro-batch would be deleted next."""
+    down(s, drain_s=0)
     targets = [s.home]
     if s.service_user or not s.pg_data.is_relative_to(s.home):
         targets.insert(0, s.root_dir)  # as root: the services' state, code, configs and PostgreSQL
