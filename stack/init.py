@@ -152,14 +152,16 @@ def apply_sql(s: StackSettings, files: list[Path] | None = None, pipeline_schema
 
 # ---- Kafka ---------------------------------------------------------------------------------
 
-def format_kafka_storage(s: StackSettings, java: str) -> bool:
-    """Format KRaft storage once (`kafka.tools.StorageTool format --standalone`)."""
-    data = s.state / "kafka" / "data"
+def format_kafka_storage(s: StackSettings, java: str, properties: Path | None = None,
+                         data: Path | None = None) -> bool:
+    """Format KRaft storage once (`kafka.tools.StorageTool format --standalone`): the stack's,
+    or the broker's of `properties` whose log.dirs is `data`."""
+    data = data or s.state / "kafka" / "data"
     if (data / "meta.properties").exists():
         return False
     cmd = kafka_java_command(s, java, [
         "kafka.tools.StorageTool", "format", "--standalone", "-t", new_kafka_cluster_id(),
-        "-c", str(s.run_dir / "kafka-server.properties")])
+        "-c", str(properties or s.run_dir / "kafka-server.properties")])
     result = run_as_service(s, cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")

@@ -267,10 +267,7 @@ def _start_dashboard(s: StackSettings, up: _Up) -> dict[str, float]:
     """Superset: initialised (beside the phases since configure), started, probed, and the
     dashboard provisioned."""
     t = time.monotonic()
-    if up.superset_init is None:
-        init.init_superset(s)
-    else:
-        up.superset_init.result()
+    up.superset_init.result()  # started by _configure
     waited = time.monotonic() - t
     for name in DASHBOARD_PROGRAMS:
         up.sup.start(name)

@@ -18,7 +18,6 @@ import dataclasses
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 
@@ -66,13 +65,6 @@ class OwnService:
         """Runs once, before the first start (write configuration, format storage)."""
 
     # ---- the process ------------------------------------------------------------------------------
-    def run(self, cmd: list[str]) -> subprocess.CompletedProcess:
-        """Run `cmd` to completion as the service's user, in its environment."""
-        result = subprocess.run(cmd, env=self._env(), capture_output=True, text=True, umask=0o077, **self._as_user())
-        if result.returncode != 0:
-            raise RuntimeError(f"{cmd[:3]} failed for the test's own {self.kind}:\n{result.stdout}\n{result.stderr}")
-        return result
-
     def start(self) -> None:
         """Start the process (again, after stop or kill) and wait until it serves."""
         assert not self.running(), f"the test's own {self.kind} is running"
@@ -89,16 +81,12 @@ class OwnService:
     def kill(self) -> int:
         """SIGKILL the process, wait for it to go, and return its pid."""
         assert self.running(), f"the test's own {self.kind} is not running"
-        os.kill(self._proc.pid, signal.SIGKILL)
+        self._proc.kill()
         self._proc.wait(timeout=60)
         return self._proc.pid
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
 
     def _as_user(self) -> dict:
         return {"user": self._user.uid, "group": self._user.gid, "extra_groups": []} if self._user else {}
@@ -197,15 +185,14 @@ class OwnBroker(OwnService):
         return kafka_java_command(self.settings, check_java(), ["kafka.Kafka", str(self.properties)])
 
     def prepare(self) -> None:
+        from stack.init import format_kafka_storage
         from stack.install import check_java
-        from stack.services import kafka_java_command, kafka_properties, new_kafka_cluster_id, write_private
+        from stack.services import kafka_properties, write_private
 
         write_private(self.properties, kafka_properties(self.settings, log_dir=self.data / "data"))
         if self._user:
             shutil.chown(self.properties, self._user.uid, self._user.gid)
-        self.run(kafka_java_command(self.settings, check_java(), [
-            "kafka.tools.StorageTool", "format", "--standalone", "-t", new_kafka_cluster_id(),
-            "-c", str(self.properties)]))
+        format_kafka_storage(self.settings, check_java(), self.properties, self.data / "data")
 
     def ready(self) -> bool:
         from stack.init import kafka_ready
@@ -213,6 +200,6 @@ class OwnBroker(OwnService):
         return kafka_ready(self.settings)
 
     def set_up(self) -> None:
-        from stack.kafka_admin import ensure
+        from stack.init import init_kafka
 
-        ensure(self.settings.kafka_setup())  # the stack's SCRAM users, their ACLs, the pipeline topic
+        init_kafka(self.settings)  # the stack's SCRAM users, their ACLs, the pipeline topic

@@ -30,17 +30,39 @@ def _stackctl(stack, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+def _topic_holding(stack, topic: str, value: bytes) -> None:
+    """Create a one-partition topic holding `value`, acknowledged by the broker."""
+    admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(**stack.kafka_login("admin").client_kwargs(), acks="all")
+    producer.send(topic, value).get(timeout=30)
+    producer.close()
+
+
+def _values(stack, topic: str) -> list[bytes]:
+    """Read back what the one-partition `topic` holds, from its start."""
+    consumer = KafkaConsumer(**stack.kafka_login("admin").client_kwargs(), enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    records = consumer.poll(timeout_ms=10_000, max_records=10)
+    consumer.close()
+    return [r.value for r in records.get(tp, [])]
+
+
+def _delete_topic(stack, topic: str) -> None:
+    admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
+    admin.delete_topics([topic])
+    admin.close()
+
+
 def test_a_sigkilled_broker_is_restarted_and_serves_what_it_acknowledged(stack, unique_name):
     """supervisord restarts the stack's broker after a SIGKILL (autorestart), and the broker
     still holds an acknowledged record. (What a stream does through a broker's crashes:
     test_stream_faults.py, on a broker of that test's own.)"""
     topic = unique_name("killed")
-    admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    admin.close()
-    producer = KafkaProducer(**stack.kafka_login("admin").client_kwargs(), acks="all")
-    producer.send(topic, b"acknowledged").get(timeout=30)
-    producer.close()
+    _topic_holding(stack, topic, b"acknowledged")
     sup = manager.Supervisor(stack)
     try:
         pid = sup.info("kafka")["pid"]
@@ -48,18 +70,10 @@ def test_a_sigkilled_broker_is_restarted_and_serves_what_it_acknowledged(stack, 
         wait_for("the broker restarted", lambda: sup.info("kafka")["pid"] not in (0, pid), 120)
         wait_for("the broker to answer", lambda: kafka_ready(stack), 180)
         assert sup.info("kafka")["statename"] == "RUNNING"
-        consumer = KafkaConsumer(**stack.kafka_login("admin").client_kwargs(), enable_auto_commit=False)
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        records = consumer.poll(timeout_ms=10_000, max_records=10)
-        consumer.close()
-        assert [r.value for r in records.get(tp, [])] == [b"acknowledged"]
+        assert _values(stack, topic) == [b"acknowledged"]
     finally:
         restore_stack(stack)  # had the broker not come back
-        admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
-        admin.delete_topics([topic])
-        admin.close()
+        _delete_topic(stack, topic)
 
 
 def test_second_up_is_harmless_and_data_survives_down_and_up(stack, unique_name):
@@ -72,12 +86,7 @@ def test_second_up_is_harmless_and_data_survives_down_and_up(stack, unique_name)
     def pg():
         return connection(stack.pg_params(), "iot-tests", autocommit=True)
 
-    admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    admin.close()
-    producer = KafkaProducer(**stack.kafka_login("admin").client_kwargs(), acks="all")
-    producer.send(topic, b"survives").get(timeout=30)
-    producer.close()
+    _topic_holding(stack, topic, b"survives")
     with pg() as conn, conn.cursor() as cur:
         cur.execute(f"create table {table} (note text)")
         cur.execute(f"insert into {table} values ('survives')")
@@ -100,17 +109,9 @@ def test_second_up_is_harmless_and_data_survives_down_and_up(stack, unique_name)
             cur.execute(f"select note from {table}")
             assert cur.fetchall() == [("survives",)]
         assert s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read() == b"survives"
-        consumer = KafkaConsumer(**stack.kafka_login("admin").client_kwargs(), enable_auto_commit=False)
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        records = consumer.poll(timeout_ms=10_000, max_records=10)
-        consumer.close()
-        assert [r.value for r in records.get(tp, [])] == [b"survives"]
+        assert _values(stack, topic) == [b"survives"]
     finally:
         s3.delete_object(Bucket=stack.bucket, Key=key)
         with pg() as conn, conn.cursor() as cur:
             cur.execute(f"drop table if exists {table}")
-        admin = KafkaAdminClient(**stack.kafka_login("admin").client_kwargs())
-        admin.delete_topics([topic])
-        admin.close()
+        _delete_topic(stack, topic)
